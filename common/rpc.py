@@ -1,0 +1,447 @@
+"""RPC and notification plumbing: the only importer of oslo.messaging, oslo.config and kombu.
+
+What it owns:
+- one private `cfg.ConfigOpts` per `Messaging` object (never the global CONF), filled
+  from our typed `MessagingSettings`;
+- RPC servers and clients on the per-host targets of DESIGN.md (topic `compute` or
+  `l2-agent`, server = host), casts sent with the mandatory flag so a cast to a host
+  nobody ever served fails instead of vanishing (PLATFORM.md);
+- notifiers (driver messagingv2) and notification listeners;
+- `EventWatcher`: a kombu consumer on an exclusive, auto-delete queue bound to the
+  notification exchange, for a transient watcher (agentctl) that must see every event
+  and leave nothing behind;
+- `ModelSerializer`: wire models become envelopes on the way out and are validated
+  again on the way in.
+
+What it must not do: business logic, logging of payload contents, retries beyond what
+the caller asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import kombu
+import oslo_messaging
+from oslo_config import cfg
+from oslo_messaging import opts as om_opts
+from oslo_messaging._metrics import client as om_metrics
+from oslo_messaging._tracing import client as om_tracing
+
+from common.config import MessagingSettings
+from common.errors import (
+    BrokerUnreachable,
+    InvalidMessage,
+    NoAgentForHost,
+    RemoteCallTimeout,
+    RemoteError,
+)
+from common.messages import Message, envelope, is_envelope, open_envelope
+
+COMPUTE_TOPIC = "compute"
+L2_TOPIC = "l2-agent"
+AGENT_KINDS = {COMPUTE_TOPIC: "compute-agent", L2_TOPIC: "l2-agent"}
+
+
+def vif_events_topic(host: str) -> str:
+    return f"vif_events.{host}"
+
+
+@dataclass(frozen=True)
+class InvalidPayload:
+    """What the serializer hands an endpoint when a message on the wire did not validate.
+
+    The endpoint decides what to report; the raw value is kept so it can salvage an
+    instance uuid to address an error notification.
+    """
+
+    error: InvalidMessage
+    raw: object
+
+
+class ModelSerializer(oslo_messaging.Serializer):  # type: ignore[misc]
+    def serialize_entity(self, ctxt: Any, entity: Any) -> Any:
+        if isinstance(entity, Message):
+            return envelope(entity)
+        return entity
+
+    def deserialize_entity(self, ctxt: Any, entity: Any) -> Any:
+        if is_envelope(entity):
+            try:
+                return open_envelope(entity)
+            except InvalidMessage as err:
+                return InvalidPayload(error=err, raw=entity)
+        return entity
+
+    def serialize_context(self, ctxt: Any) -> Any:
+        return dict(ctxt) if isinstance(ctxt, dict) else {}
+
+    def deserialize_context(self, ctxt: Any) -> Any:
+        return dict(ctxt) if isinstance(ctxt, dict) else {}
+
+
+def expect(value: object, model: type[Message]) -> Message:
+    """At an endpoint: turn what arrived into `model`, or raise InvalidMessage."""
+    if isinstance(value, model):
+        return value
+    if isinstance(value, InvalidPayload):
+        raise value.error
+    if isinstance(value, Message):
+        raise InvalidMessage(schema=value.SCHEMA, problem=f"expected {model.SCHEMA}")
+    return open_envelope(value, expect=model)
+
+
+class RpcServer:
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        """Stop consuming: no new message is taken after this returns."""
+        self._server.stop()
+
+    def wait(self) -> None:
+        """Wait for in-flight endpoint calls to finish."""
+        self._server.wait()
+
+
+class _Context(dict[str, Any]):
+    """A request context oslo's Notifier keeps: it drops plain dicts (`_sanitize_context`)."""
+
+    def redacted_copy(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class Notifier:
+    def __init__(self, notifier: Any) -> None:
+        self._notifier = notifier
+
+    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._notifier.info(_Context(request_id=request_id), event_type, payload)
+
+    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._notifier.error(_Context(request_id=request_id), event_type, payload)
+
+
+class RpcClient:
+    """Client for one agent kind on one host."""
+
+    def __init__(self, client: Any, topic: str, host: str, timeout: float) -> None:
+        self._client = client
+        self.topic = topic
+        self.host = host
+        self.timeout = timeout
+
+    @property
+    def kind(self) -> str:
+        return AGENT_KINDS.get(self.topic, self.topic)
+
+    def cast(self, method: str, message: Message, request_id: str | None = None) -> None:
+        try:
+            self._client.cast({"request_id": request_id}, method, payload=message)
+        except oslo_messaging.MessageUndeliverable as err:
+            raise NoAgentForHost(
+                kind=self.kind, host=self.host, problem="no queue for it on the broker"
+            ) from err
+        except oslo_messaging.MessageDeliveryFailure as err:
+            raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
+
+    def call(
+        self,
+        method: str,
+        message: Message | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        client = self._client.prepare(timeout=timeout or self.timeout)
+        kwargs: dict[str, Any] = {} if message is None else {"payload": message}
+        try:
+            return client.call({"request_id": request_id}, method, **kwargs)
+        except oslo_messaging.MessagingTimeout as err:
+            raise RemoteCallTimeout(
+                kind=self.kind, host=self.host, method=method, timeout=timeout or self.timeout
+            ) from err
+        except oslo_messaging.MessageUndeliverable as err:
+            raise NoAgentForHost(
+                kind=self.kind, host=self.host, problem="no queue for it on the broker"
+            ) from err
+        except oslo_messaging.MessageDeliveryFailure as err:
+            raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
+        except oslo_messaging.RemoteError as err:
+            raise RemoteError(
+                kind=self.kind, host=self.host, method=method, problem=f"{err.exc_type}: {err.value}"
+            ) from err
+
+
+class Messaging:
+    """Transports and factories for one process. Build once in main(), pass down, close()."""
+
+    def __init__(self, settings: MessagingSettings) -> None:
+        self.settings = settings
+        self.conf = cfg.ConfigOpts()
+        for group, options in om_opts.list_opts():
+            self.conf.register_opts(options, group=group)
+        # list_opts() omits these two groups, yet every cast/call reads them (PLATFORM.md).
+        self.conf.register_opts(om_tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
+        self.conf.register_opts(om_metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
+        self.conf([], project="agents", default_config_files=[])
+        self.conf.set_override("control_exchange", settings.control_exchange)
+        rabbit = "oslo_messaging_rabbit"
+        if settings.queue_type == "quorum":
+            self.conf.set_override("rabbit_quorum_queue", True, group=rabbit)
+        else:
+            self.conf.set_override("amqp_durable_queues", settings.durable_queues, group=rabbit)
+        self.conf.set_override("heartbeat_timeout_threshold", settings.heartbeat_timeout, group=rabbit)
+        self.conf.set_override("direct_mandatory_flag", True, group=rabbit)
+        self.serializer = ModelSerializer()
+        self._rpc_transport: Any = None
+        self._notify_transport: Any = None
+        self._lock = threading.Lock()
+
+    # transports are opened lazily: agentctl commands that only watch need just one
+    @property
+    def rpc_transport(self) -> Any:
+        with self._lock:
+            if self._rpc_transport is None:
+                self._rpc_transport = oslo_messaging.get_rpc_transport(
+                    self.conf, url=self.settings.transport_url
+                )
+            return self._rpc_transport
+
+    @property
+    def notify_transport(self) -> Any:
+        with self._lock:
+            if self._notify_transport is None:
+                self._notify_transport = oslo_messaging.get_notification_transport(
+                    self.conf, url=self.settings.transport_url
+                )
+            return self._notify_transport
+
+    def rpc_server(self, topic: str, host: str, endpoints: Iterable[object]) -> RpcServer:
+        target = oslo_messaging.Target(topic=topic, server=host)
+        server = oslo_messaging.get_rpc_server(
+            self.rpc_transport,
+            target,
+            list(endpoints),
+            serializer=self.serializer,
+            access_policy=oslo_messaging.DefaultRPCAccessPolicy,
+        )
+        return RpcServer(server)
+
+    def rpc_client(self, topic: str, host: str, timeout: float | None = None) -> RpcClient:
+        target = oslo_messaging.Target(topic=topic, server=host)
+        client = oslo_messaging.get_rpc_client(
+            self.rpc_transport,
+            target,
+            serializer=self.serializer,
+            timeout=timeout or self.settings.rpc_timeout,
+            retry=None if self.settings.send_retry < 0 else self.settings.send_retry,
+            transport_options=oslo_messaging.TransportOptions(at_least_once=True),
+        )
+        return RpcClient(client, topic, host, timeout or self.settings.rpc_timeout)
+
+    def notifier(self, publisher_id: str, topic: str) -> Notifier:
+        notifier = oslo_messaging.Notifier(
+            self.notify_transport,
+            publisher_id=publisher_id,
+            driver="messagingv2",
+            topics=[topic],
+            serializer=self.serializer,
+            retry=None if self.settings.send_retry < 0 else self.settings.send_retry,
+        )
+        return Notifier(notifier)
+
+    def notification_listener(
+        self,
+        topics: Iterable[str],
+        endpoints: Iterable[object],
+        pool: str | None = None,
+        allow_requeue: bool = False,
+    ) -> RpcServer:
+        targets = [oslo_messaging.Target(topic=t) for t in topics]
+        listener = oslo_messaging.get_notification_listener(
+            self.notify_transport,
+            targets,
+            list(endpoints),
+            serializer=self.serializer,
+            allow_requeue=allow_requeue,
+            pool=pool,
+        )
+        return RpcServer(listener)
+
+    def event_watcher(self, routing_keys: Iterable[str]) -> EventWatcher:
+        return EventWatcher(self.settings, routing_keys)
+
+    def close(self) -> None:
+        with self._lock:
+            for transport in (self._rpc_transport, self._notify_transport):
+                if transport is not None:
+                    transport.cleanup()
+            self._rpc_transport = self._notify_transport = None
+
+
+# --------------------------------------------------------------------------- kombu side
+
+
+def _kombu_url(transport_url: str) -> str:
+    # oslo's rabbit://user:pass@h1:5672,user:pass@h2:5672/vhost -> kombu's amqp:// list
+    return transport_url.replace("rabbit://", "amqp://", 1)
+
+
+def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
+    """Raise BrokerUnreachable unless the broker accepts a connection within `timeout`."""
+    url = _kombu_url(settings.transport_url)
+    shown = settings.transport_url.split("@")[-1]
+    if not url.startswith("amqp://"):
+        return
+    try:
+        with kombu.Connection(url, connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except (OSError, socket.timeout) as err:
+        raise BrokerUnreachable(url=shown, problem=str(err) or type(err).__name__) from err
+    except Exception as err:  # amqp raises many kinds (AccessRefused, ...); all mean "no"
+        raise BrokerUnreachable(url=shown, problem=f"{type(err).__name__}: {err}") from err
+
+
+@dataclass(frozen=True)
+class QueueState:
+    name: str
+    exists: bool
+    messages: int = 0
+    consumers: int = 0
+
+
+def queue_state(settings: MessagingSettings, name: str, timeout: float = 3.0) -> QueueState:
+    """Passive declare: does queue `name` exist, and how many consumers read it?
+
+    Tells "no agent ever served this host" (no queue) from "its agent is down"
+    (queue, no consumer) without the management plugin.
+    """
+    try:
+        with kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=timeout) as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            channel = conn.channel()
+            try:
+                ok = channel.queue_declare(queue=name, passive=True)
+            except Exception as err:  # amqp.exceptions.NotFound closes the channel
+                if "NOT_FOUND" in str(err) or getattr(err, "code", None) == 404:
+                    return QueueState(name, exists=False)
+                raise
+            return QueueState(name, exists=True, messages=ok.message_count, consumers=ok.consumer_count)
+    except (OSError, socket.timeout) as err:
+        raise BrokerUnreachable(url=settings.transport_url.split("@")[-1], problem=str(err)) from err
+
+
+@dataclass(frozen=True)
+class Event:
+    """One notification as a watcher sees it."""
+
+    event_type: str
+    priority: str
+    publisher_id: str
+    timestamp: str
+    payload: Any  # a validated Message, or the raw payload if it did not validate
+    request_id: str | None
+
+
+class EventWatcher:
+    """Consume notifications on a private exclusive queue: sees every event, leaves nothing.
+
+    oslo.messaging publishes notification `T` with priority `p` to the control exchange
+    under routing key `T.p`; binding our own queue to the same exchange and key gives
+    us a copy without taking events away from other listeners.
+    """
+
+    def __init__(self, settings: MessagingSettings, routing_keys: Iterable[str]) -> None:
+        self._settings = settings
+        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
+        self._conn.ensure_connection(max_retries=1, timeout=5)
+        exchange = kombu.Exchange(
+            settings.control_exchange, type="topic", durable=settings.durable_queues or settings.queue_type == "quorum"
+        )
+        self._queue = kombu.Queue(
+            name="",
+            exchange=exchange,
+            bindings=[kombu.binding(exchange, routing_key=key) for key in routing_keys],
+            exclusive=True,
+            auto_delete=True,
+            durable=False,
+        )
+        self._pending: list[Event] = []
+        self._consumer = self._conn.Consumer(
+            self._queue, callbacks=[self._on_message], accept=["json"], no_ack=True
+        )
+        self._consumer.consume()
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        try:
+            outer = body if isinstance(body, dict) else json.loads(body)
+            inner = outer.get("oslo.message")
+            msg = json.loads(inner) if isinstance(inner, str) else outer
+            payload = msg.get("payload")
+            if is_envelope(payload):
+                try:
+                    payload = open_envelope(payload)
+                except InvalidMessage:
+                    pass
+            ctxt = {k[len("_context_") :]: v for k, v in msg.items() if k.startswith("_context_")}
+            self._pending.append(
+                Event(
+                    event_type=str(msg.get("event_type")),
+                    priority=str(msg.get("priority", "INFO")).lower(),
+                    publisher_id=str(msg.get("publisher_id")),
+                    timestamp=str(msg.get("timestamp")),
+                    payload=payload,
+                    request_id=ctxt.get("request_id"),
+                )
+            )
+        except (ValueError, AttributeError, TypeError):
+            return  # not an oslo notification; a watcher ignores what it cannot read
+
+    def events(self, timeout: float) -> Iterator[Event]:
+        """Yield events as they arrive, for up to `timeout` seconds of silence per wait."""
+        while True:
+            while self._pending:
+                yield self._pending.pop(0)
+            try:
+                self._conn.drain_events(timeout=timeout)
+            except socket.timeout:
+                return
+
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to `timeout` for at least one event, return all that arrived."""
+        if not self._pending:
+            try:
+                self._conn.drain_events(timeout=timeout)
+                while True:  # take whatever else is already buffered
+                    self._conn.drain_events(timeout=0.001)
+            except socket.timeout:
+                pass
+        out, self._pending = self._pending, []
+        return out
+
+    def close(self) -> None:
+        try:
+            self._conn.release()
+        except Exception:  # closing a dead connection must not mask the caller's error
+            pass
+
+
+@contextmanager
+def watching(settings: MessagingSettings, routing_keys: Iterable[str]) -> Iterator[EventWatcher]:
+    watcher = EventWatcher(settings, routing_keys)
+    try:
+        yield watcher
+    finally:
+        watcher.close()
+
+
+Callback = Callable[[Event], None]
