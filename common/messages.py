@@ -262,6 +262,67 @@ class MessageRejected(Message):
     at: datetime = Field(default_factory=utcnow)
 
 
+# --------------------------------------------------------------------------- call replies
+
+
+class PingReply(Message):
+    SCHEMA = "ping_reply"
+    host: HostName
+    kind: AgentKind
+    version: str
+    uptime_s: float
+
+
+class InstanceInfo(Message):
+    """One instance as its compute-agent sees it (libvirt state + the domain's metadata)."""
+
+    SCHEMA = "instance_info"
+    uuid: UUID
+    name: str
+    host: HostName
+    state: InstanceState
+    flavor: str | None = None
+    image: str | None = None
+    ports: list[Port] = []
+    created_at: datetime | None = None
+    uptime_s: float | None = None
+    fault: str | None = None
+
+
+class InstanceList(Message):
+    SCHEMA = "instance_list"
+    host: HostName
+    instances: list[InstanceInfo] = []
+
+
+class ConsoleLog(Message):
+    SCHEMA = "console_log"
+    instance_uuid: UUID
+    text: str
+    truncated: bool = False
+
+
+PortState = Literal["wired", "down", "failed", "pending"]
+
+
+class PortInfo(Message):
+    """One port as its l2-agent recorded and wired it."""
+
+    SCHEMA = "port_info"
+    port: Port
+    host: HostName
+    state: PortState
+    device: str
+    bridge: str
+    reason: str | None = None
+
+
+class PortList(Message):
+    SCHEMA = "port_list"
+    host: HostName
+    ports: list[PortInfo] = []
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.SCHEMA: cls
     for cls in (
@@ -276,6 +337,12 @@ MESSAGES: dict[str, type[Message]] = {
         InstanceEvent,
         AgentHeartbeat,
         MessageRejected,
+        PingReply,
+        InstanceInfo,
+        InstanceList,
+        ConsoleLog,
+        PortInfo,
+        PortList,
     )
 }
 
