@@ -36,9 +36,9 @@ def _check_transport_url(value: str) -> str:
 
 
 def _check_listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError("must be HOST:PORT, like 127.0.0.1:9101 (port 0 disables)")
+        raise ValueError("must be HOST:PORT, like 127.0.0.1:9101 (port 0: any free port)")
     return value
 
 
@@ -181,7 +181,9 @@ def read_ini(files: Sequence[str | Path]) -> tuple[dict[str, Any], dict[tuple[st
             kind, sep, name = section.partition(":")
             if sep and kind in _NAMED_SECTIONS:
                 plural = _NAMED_SECTIONS[kind]
-                target = tree.setdefault(plural, {}).setdefault(name.strip(), {"name": name.strip()})
+                target = tree.setdefault(plural, {}).setdefault(
+                    name.strip(), {"name": name.strip()}
+                )
                 prefix: tuple[str, ...] = (plural, name.strip())
             else:
                 target = tree.setdefault(section, {})
@@ -201,7 +203,9 @@ def _section_label(loc: tuple[str, ...]) -> tuple[str, str]:
     return (loc[0] if loc else "(file)"), ".".join(loc[1:]) or "(section)"
 
 
-def load(model: type[C], files: Sequence[str | Path], overrides: dict[str, dict[str, Any]] | None = None) -> C:
+def load(
+    model: type[C], files: Sequence[str | Path], overrides: dict[str, dict[str, Any]] | None = None
+) -> C:
     """Read and validate `files` into `model`; command-line `overrides` win over files."""
     tree, origin = read_ini(files)
     for section, values in (overrides or {}).items():
@@ -216,15 +220,19 @@ def load(model: type[C], files: Sequence[str | Path], overrides: dict[str, dict[
         loc = tuple(str(p) for p in first["loc"])
         section, key = _section_label(loc)
         # A model-level check reports the section; find the file from any key in it.
-        file = origin.get(loc) or next(
-            (f for k, f in origin.items() if k[: len(loc)] == loc), None
-        ) or (str(files[-1]) if files else "(no file)")
-        value: Any = first.get("input")
-        if isinstance(value, dict):
-            value = "(section)"
+        file = (
+            origin.get(loc)
+            or next((f for k, f in origin.items() if k[: len(loc)] == loc), None)
+            or (str(files[-1]) if files else "(no file)")
+        )
+        shown: Any = first.get("input")
+        if isinstance(shown, dict):
+            shown = "(section)"
         problem = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             problem = "unknown key"
         if key == "(section)":
             raise ConfigSectionError(file=file, section=section, problem=problem) from err
-        raise ConfigError(file=file, section=section, key=key, value=value, problem=problem) from err
+        raise ConfigError(
+            file=file, section=section, key=key, value=shown, problem=problem
+        ) from err

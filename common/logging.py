@@ -13,7 +13,12 @@ from typing import Literal
 
 import structlog
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_LEVELS = {
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
 
 
 def setup(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto") -> None:

@@ -32,7 +32,9 @@ from common.errors import InvalidMessage
 # --------------------------------------------------------------------------- fields
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOST_RE = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -402,7 +404,9 @@ def open_envelope(value: object, expect: type[Message] | None = None) -> Message
     else:
         raise InvalidMessage(schema="unknown", problem=f"not a message envelope: {value!r:.80}")
     if not isinstance(data, dict):
-        raise InvalidMessage(schema=schema_name, problem=f"data must be an object, got {data!r:.80}")
+        raise InvalidMessage(
+            schema=schema_name, problem=f"data must be an object, got {data!r:.80}"
+        )
     try:
         return cls.model_validate(data)
     except ValidationError as err:

@@ -19,8 +19,8 @@ the caller asked for.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -177,7 +177,10 @@ class RpcClient:
             raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
         except oslo_messaging.RemoteError as err:
             raise RemoteError(
-                kind=self.kind, host=self.host, method=method, problem=f"{err.exc_type}: {err.value}"
+                kind=self.kind,
+                host=self.host,
+                method=method,
+                problem=f"{err.exc_type}: {err.value}",
             ) from err
 
 
@@ -199,7 +202,9 @@ class Messaging:
             self.conf.set_override("rabbit_quorum_queue", True, group=rabbit)
         else:
             self.conf.set_override("amqp_durable_queues", settings.durable_queues, group=rabbit)
-        self.conf.set_override("heartbeat_timeout_threshold", settings.heartbeat_timeout, group=rabbit)
+        self.conf.set_override(
+            "heartbeat_timeout_threshold", settings.heartbeat_timeout, group=rabbit
+        )
         self.conf.set_override("direct_mandatory_flag", True, group=rabbit)
         self.serializer = ModelSerializer()
         self._rpc_transport: Any = None
@@ -247,6 +252,26 @@ class Messaging:
             transport_options=oslo_messaging.TransportOptions(at_least_once=True),
         )
         return RpcClient(client, topic, host, timeout or self.settings.rpc_timeout)
+
+    def fanout_cast(self, topic: str, method: str, request_id: str | None = None) -> None:
+        """Cast `method` (no payload) to every live server of `topic`.
+
+        Every oslo RPC server also consumes its topic's fanout queue (exchange
+        `<topic>_fanout`, which oslo does NOT scope by control_exchange: servers of
+        other deployments on the same broker get it too, so use it only for
+        harmless, idempotent methods such as report_state). No mandatory flag: a
+        fanout nobody hears is simply nobody's answer.
+        """
+        client = oslo_messaging.get_rpc_client(
+            self.rpc_transport,
+            oslo_messaging.Target(topic=topic, fanout=True),
+            serializer=self.serializer,
+            retry=None if self.settings.send_retry < 0 else self.settings.send_retry,
+        )
+        try:
+            client.cast({"request_id": request_id}, method)
+        except oslo_messaging.MessageDeliveryFailure as err:
+            raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
 
     def notifier(self, publisher_id: str, topic: str) -> Notifier:
         notifier = oslo_messaging.Notifier(
@@ -305,7 +330,7 @@ def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
     try:
         with kombu.Connection(url, connect_timeout=timeout) as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
-    except (OSError, socket.timeout) as err:
+    except (TimeoutError, OSError) as err:
         raise BrokerUnreachable(url=shown, problem=str(err) or type(err).__name__) from err
     except Exception as err:  # amqp raises many kinds (AccessRefused, ...); all mean "no"
         raise BrokerUnreachable(url=shown, problem=f"{type(err).__name__}: {err}") from err
@@ -335,9 +360,13 @@ def queue_state(settings: MessagingSettings, name: str, timeout: float = 3.0) ->
                 if "NOT_FOUND" in str(err) or getattr(err, "code", None) == 404:
                     return QueueState(name, exists=False)
                 raise
-            return QueueState(name, exists=True, messages=ok.message_count, consumers=ok.consumer_count)
-    except (OSError, socket.timeout) as err:
-        raise BrokerUnreachable(url=settings.transport_url.split("@")[-1], problem=str(err)) from err
+            return QueueState(
+                name, exists=True, messages=ok.message_count, consumers=ok.consumer_count
+            )
+    except (TimeoutError, OSError) as err:
+        raise BrokerUnreachable(
+            url=settings.transport_url.split("@")[-1], problem=str(err)
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -365,7 +394,9 @@ class EventWatcher:
         self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
         self._conn.ensure_connection(max_retries=1, timeout=5)
         exchange = kombu.Exchange(
-            settings.control_exchange, type="topic", durable=settings.durable_queues or settings.queue_type == "quorum"
+            settings.control_exchange,
+            type="topic",
+            durable=settings.durable_queues or settings.queue_type == "quorum",
         )
         self._queue = kombu.Queue(
             name="",
@@ -388,10 +419,9 @@ class EventWatcher:
             msg = json.loads(inner) if isinstance(inner, str) else outer
             payload = msg.get("payload")
             if is_envelope(payload):
-                try:
+                # an event that does not validate is still shown, raw, to the watcher
+                with contextlib.suppress(InvalidMessage):
                     payload = open_envelope(payload)
-                except InvalidMessage:
-                    pass
             ctxt = {k[len("_context_") :]: v for k, v in msg.items() if k.startswith("_context_")}
             self._pending.append(
                 Event(
@@ -413,7 +443,7 @@ class EventWatcher:
                 yield self._pending.pop(0)
             try:
                 self._conn.drain_events(timeout=timeout)
-            except socket.timeout:
+            except TimeoutError:
                 return
 
     def poll(self, timeout: float) -> list[Event]:
@@ -423,16 +453,15 @@ class EventWatcher:
                 self._conn.drain_events(timeout=timeout)
                 while True:  # take whatever else is already buffered
                     self._conn.drain_events(timeout=0.001)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         out, self._pending = self._pending, []
         return out
 
     def close(self) -> None:
-        try:
+        # closing a dead connection must not mask the caller's error
+        with contextlib.suppress(Exception):
             self._conn.release()
-        except Exception:  # closing a dead connection must not mask the caller's error
-            pass
 
 
 @contextmanager

@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 BROKER = ("127.0.0.1", 5672)
@@ -82,15 +82,24 @@ class NamespaceHost:
         self.procs.append(
             subprocess.Popen(
                 ["socat", f"UNIX-LISTEN:{self.sock},fork", f"TCP:{BROKER[0]}:{BROKER[1]}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         )
         wait_for(self.sock.exists, 5, what="root-side relay socket")
         self.procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", self.name, "socat",
-                 f"TCP-LISTEN:{BROKER[1]},bind=127.0.0.1,fork,reuseaddr", f"UNIX-CONNECT:{self.sock}"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.name,
+                    "socat",
+                    f"TCP-LISTEN:{BROKER[1]},bind=127.0.0.1,fork,reuseaddr",
+                    f"UNIX-CONNECT:{self.sock}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         )
         wait_for(lambda: _port_open(self.name, BROKER[1]), 5, what="namespace-side relay")
@@ -98,13 +107,18 @@ class NamespaceHost:
     def exec_check(self, cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
         return run(["ip", "netns", "exec", self.name, *cmd])
 
-    def spawn(self, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a process inside the namespace; it is killed on close()."""
         fh = log.open("ab")
         full_env = {**os.environ, **(env or {})}
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.name, *cmd],
-            stdout=fh, stderr=subprocess.STDOUT, env=full_env, start_new_session=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
         )
         fh.close()
         self.procs.append(proc)
@@ -114,7 +128,9 @@ class NamespaceHost:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM) if _is_group_leader(proc) else proc.terminate()
+                    os.killpg(proc.pid, signal.SIGTERM) if _is_group_leader(
+                        proc
+                    ) else proc.terminate()
         deadline = time.monotonic() + 10
         for proc in self.procs:
             try:

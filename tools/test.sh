@@ -1,0 +1,22 @@
+#!/bin/bash
+# Run every check the project has, on this machine (Debian 12, as root):
+# lint (ruff), types (mypy), unit, functional and end-to-end tests.
+#
+#   tools/test.sh                 everything (what CI runs)
+#   tools/test.sh -m "not e2e"    extra arguments go to pytest
+#
+# Functional and e2e tests use the real RabbitMQ on 127.0.0.1:5672, real netlink in
+# network namespaces they create and remove, real libvirt and real QEMU (TCG) guests.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+bash tools/setup.sh
+VENV="${AGENTS_VENV:-$REPO/.venv}"
+
+echo "== ruff"
+"$VENV/bin/ruff" check agents common
+echo "== mypy"
+"$VENV/bin/mypy" agents common
+echo "== pytest"
+"$VENV/bin/pytest" -p no:cacheprovider -ra --timeout=600 "$@" tests
