@@ -1,0 +1,131 @@
+"""`l2-agent` entry point: parse arguments, load config, build the collaborators, run.
+
+Wiring only: every object is created here and handed to the ones that use it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import structlog
+
+from agents.l2.dispatch import KeyedSerialExecutor
+from agents.l2.endpoint import L2Endpoint
+from agents.l2.manager import L2Manager
+from agents.l2.metrics import L2Metrics
+from agents.l2.netlink import LinkEvent, LinkEvents, Netlink
+from agents.l2.service import L2Agent
+from agents.l2.settings import L2Config
+from agents.l2.store import PortStore
+from common import logging as agent_logging
+from common import service
+from common.config import load
+from common.errors import AgentsError
+from common.metrics import Registry
+from common.rpc import L2_TOPIC, Messaging, vif_events_topic
+
+log = structlog.get_logger()
+
+
+def version() -> str:
+    try:
+        return metadata.version("agents")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="l2-agent", description="Wires taps, bridges and uplinks for ports."
+    )
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="INI file; repeatable, later files override earlier ones",
+    )
+    parser.add_argument("--host", help="host name this agent serves (overrides [DEFAULT] host)")
+    parser.add_argument("--version", action="version", version=f"l2-agent {version()}")
+    return parser.parse_args(argv)
+
+
+def load_config(files: Sequence[str], host: str | None) -> L2Config:
+    return load(L2Config, files, {"DEFAULT": {"host": host}})
+
+
+def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
+    messaging = Messaging(config.messaging)
+    # One dispatch thread: oslo hands messages to the endpoint in order of arrival, and
+    # the endpoint only queues them (per port) and returns, so order is kept for free.
+    messaging.conf.set_override("executor_thread_pool_size", 1)
+    host_name = config.DEFAULT.host
+    netlink = Netlink(config.l2.namespace)
+    store = PortStore(Path(config.DEFAULT.state_dir) / "l2-agent" / host_name / "ports")
+    metrics = L2Metrics(Registry("l2_agent"))
+    vif_events = messaging.notifier(f"l2-agent.{host_name}", vif_events_topic(host_name))
+    agent_events = messaging.notifier(f"l2-agent.{host_name}", config.messaging.events_topic)
+    manager = L2Manager(
+        config=config, links=netlink, store=store, events=vif_events, metrics=metrics
+    )
+    executor = KeyedSerialExecutor(config.l2.workers)
+
+    def reload_log_level() -> None:
+        fresh = load_config(files, host)
+        agent_logging.set_level(fresh.DEFAULT.log_level)
+
+    def close() -> None:
+        netlink.close()
+        messaging.close()
+
+    def link_events(on_event: Callable[[LinkEvent], None]) -> LinkEvents:
+        return LinkEvents(config.l2.namespace, on_event)
+
+    agent = L2Agent(
+        manager=manager,
+        executor=executor,
+        store=store,
+        make_server=lambda: messaging.rpc_server(L2_TOPIC, host_name, [endpoint]),
+        link_events=link_events,
+        agent_events=agent_events,
+        metrics=metrics,
+        version=version(),
+        heartbeat_interval=config.l2.heartbeat_interval,
+        metrics_listen=config.metrics.listen,
+        reload_log_level=reload_log_level,
+        on_close=close,
+    )
+    endpoint = L2Endpoint(
+        manager=manager,
+        executor=executor,
+        vif_events=vif_events,
+        agent_events=agent_events,
+        metrics=metrics,
+        ping=agent.ping,
+        heartbeat=agent.heartbeat,
+    )
+    return agent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config_file, args.host)
+    except AgentsError as err:
+        print(f"l2-agent: {err}", file=sys.stderr)
+        return 2
+    agent_logging.setup(config.DEFAULT.log_level, config.DEFAULT.log_format)
+    try:
+        agent = build(config, args.config_file, args.host)
+    except AgentsError as err:
+        log.error("l2_agent_setup_failed", error=err.reason)
+        return 1
+    return service.run(agent, name="l2-agent")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

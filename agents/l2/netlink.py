@@ -1,0 +1,363 @@
+"""The netlink edge: the only module that imports pyroute2.
+
+`Netlink` owns one open `IPRoute` bound to one network namespace (opening one costs
+about 18 ms, PLATFORM.md, so it is kept open) and offers the few link operations the
+manager needs. Every operation runs in that namespace; pyroute2's `NetlinkError` is
+turned into typed errors carrying the device, namespace and errno. `LinkEvents` follows
+RTNLGRP_LINK in the same namespace from its own thread.
+
+It must not decide anything: no naming, no policy about what to create or remove.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as errnos
+import os
+import select
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any
+
+import structlog
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from agents.l2.errors import DeviceNotFound, KernelFeatureMissing, NetlinkFailure
+
+log = structlog.get_logger()
+
+IFF_UP = 0x1
+_FEATURES = {
+    "vlan": "802.1q VLAN support (CONFIG_VLAN_8021Q)",
+    "vxlan": "VXLAN support (CONFIG_VXLAN)",
+    "bridge": "Linux bridge support (CONFIG_BRIDGE)",
+    "tuntap": "TUN/TAP support (CONFIG_TUN)",
+}
+
+
+@dataclass(frozen=True)
+class Link:
+    """One link as the kernel reports it."""
+
+    index: int
+    name: str
+    kind: str | None  # "tun", "bridge", "vxlan", "veth", ... (None for plain devices)
+    master: int | None
+    up: bool  # administratively up (IFF_UP); a tap nobody opened still reads operstate DOWN
+    mtu: int
+    mac: str | None
+    stp_state: int | None = None
+    forward_delay: int | None = None
+    vni: int | None = None
+
+
+def translate(
+    err: NetlinkError, *, op: str, device: str, namespace: str, kind: str | None = None
+) -> Exception:
+    """Map a NetlinkError to our typed error (pure, so the mapping is unit-tested)."""
+    code = int(err.code) if err.code is not None else -1
+    problem = os.strerror(code) if code > 0 else str(err)
+    if code == errnos.ENODEV:
+        return DeviceNotFound(device=device, namespace=namespace or "(own)")
+    if op == "add" and kind is not None and code == errnos.EOPNOTSUPP:
+        # "Unknown device type": the kernel has no driver for this link kind
+        # (this machine has no 8021q module, PLATFORM.md).
+        return KernelFeatureMissing(
+            device=device, feature=_FEATURES.get(kind, f"{kind} links"), errno=code, problem=problem
+        )
+    return NetlinkFailure(
+        op=op, device=device, namespace=namespace or "(own)", errno=code, problem=problem
+    )
+
+
+def _link_from_msg(msg: Any) -> Link:
+    info = msg.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+    stp = fwd = vni = None
+    if data is not None and kind == "bridge":
+        stp = data.get_attr("IFLA_BR_STP_STATE")
+        fwd = data.get_attr("IFLA_BR_FORWARD_DELAY")
+    elif data is not None and kind == "vxlan":
+        vni = data.get_attr("IFLA_VXLAN_ID")
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        kind=kind,
+        master=msg.get_attr("IFLA_MASTER") or None,
+        up=bool(msg["flags"] & IFF_UP),
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        mac=msg.get_attr("IFLA_ADDRESS"),
+        stp_state=stp,
+        forward_delay=fwd,
+        vni=vni,
+    )
+
+
+class Netlink:
+    """Link operations in one namespace. Thread-safe: calls are serialised by a lock
+    (one netlink socket; each call takes about a millisecond)."""
+
+    def __init__(self, namespace: str = "") -> None:
+        self.namespace = namespace
+        self._lock = threading.Lock()
+        self._ipr = IPRoute(netns=namespace) if namespace else IPRoute()
+
+    def close(self) -> None:
+        with self._lock:
+            self._ipr.close()
+
+    def _call(self, op: str, device: str, fn: Callable[[], Any], kind: str | None = None) -> Any:
+        with self._lock:
+            try:
+                return fn()
+            except NetlinkError as err:
+                raise translate(
+                    err, op=op, device=device, namespace=self.namespace, kind=kind
+                ) from err
+
+    # ------------------------------------------------------------------ reading
+
+    def links(self) -> list[Link]:
+        return [
+            _link_from_msg(m) for m in self._call("dump", "*", lambda: list(self._ipr.get_links()))
+        ]
+
+    def link(self, name: str) -> Link | None:
+        """The link called `name`, or None when there is none (absence is not an error here)."""
+        try:
+            msgs = self._call("get", name, lambda: self._ipr.link("get", ifname=name))
+        except DeviceNotFound:
+            return None
+        return _link_from_msg(msgs[0])
+
+    def _index(self, name: str) -> int:
+        found = self.link(name)
+        if found is None:
+            raise DeviceNotFound(device=name, namespace=self.namespace or "(own)")
+        return found.index
+
+    # ------------------------------------------------------------------ creating
+
+    def add_tap(self, name: str, mac: str, mtu: int) -> None:
+        """A persistent tap no process holds yet (QEMU opens it later by name)."""
+        self._call(
+            "add",
+            name,
+            lambda: self._ipr.link("add", ifname=name, kind="tuntap", mode="tap"),
+            kind="tuntap",
+        )
+        # tuntap add is an ioctl that re-attaches to an existing tap silently, so the
+        # caller checks for existence first; MAC and MTU go in a second, netlink step.
+        self.set(name, mac=mac, mtu=mtu)
+
+    def add_bridge(self, name: str, mtu: int) -> None:
+        self._call(
+            "add",
+            name,
+            lambda: self._ipr.link(
+                "add",
+                ifname=name,
+                kind="bridge",
+                br_stp_state=0,
+                br_forward_delay=0,
+                mtu=mtu,
+            ),
+            kind="bridge",
+        )
+
+    def add_vxlan(
+        self,
+        name: str,
+        vni: int,
+        *,
+        mtu: int,
+        port: int,
+        local: IPv4Address | None = None,
+        device: str | None = None,
+        group: IPv4Address | None = None,
+    ) -> None:
+        spec: dict[str, Any] = {
+            "ifname": name,
+            "kind": "vxlan",
+            "vxlan_id": vni,
+            "vxlan_port": port,
+            "vxlan_learning": True,
+            "mtu": mtu,
+        }
+        if local is not None:
+            spec["vxlan_local"] = str(local)
+        if device is not None:
+            spec["vxlan_link"] = self._index(device)
+        if group is not None:
+            spec["vxlan_group"] = str(group)
+        self._call("add", name, lambda: self._ipr.link("add", **spec), kind="vxlan")
+
+    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> None:
+        parent = self._index(device)
+        self._call(
+            "add",
+            name,
+            lambda: self._ipr.link(
+                "add",
+                ifname=name,
+                kind="vlan",
+                link=parent,
+                vlan_id=vid,
+                mtu=mtu,
+            ),
+            kind="vlan",
+        )
+
+    def add_flood_entry(self, vxlan: str, peer: IPv4Address) -> None:
+        """An all-zero FDB entry: flood unknown/broadcast frames to `peer` (unicast VXLAN)."""
+        index = self._index(vxlan)
+        self._call(
+            "fdb",
+            vxlan,
+            lambda: self._ipr.fdb(
+                "append",
+                ifindex=index,
+                lladdr="00:00:00:00:00:00",
+                dst=str(peer),
+            ),
+        )
+
+    def flood_entries(self, vxlan: str) -> set[str]:
+        index = self._index(vxlan)
+        msgs = self._call("fdb", vxlan, lambda: list(self._ipr.fdb("dump", ifindex=index)))
+        return {
+            str(m.get_attr("NDA_DST"))
+            for m in msgs
+            if m.get_attr("NDA_LLADDR") == "00:00:00:00:00:00" and m.get_attr("NDA_DST")
+        }
+
+    # ------------------------------------------------------------------ changing
+
+    def set(
+        self,
+        name: str,
+        *,
+        master: str | None = None,
+        up: bool | None = None,
+        mtu: int | None = None,
+        mac: str | None = None,
+    ) -> None:
+        index = self._index(name)
+        spec: dict[str, Any] = {}
+        if mac is not None:
+            spec["address"] = mac
+        if mtu is not None:
+            spec["mtu"] = mtu
+        if master is not None:
+            spec["master"] = self._index(master)
+        if up is not None:
+            spec["state"] = "up" if up else "down"
+        if spec:
+            self._call("set", name, lambda: self._ipr.link("set", index=index, **spec))
+
+    def release(self, name: str) -> None:
+        """Take `name` out of whatever bridge holds it."""
+        index = self._index(name)
+        self._call("set", name, lambda: self._ipr.link("set", index=index, master=0))
+
+    def delete(self, name: str) -> bool:
+        """Delete `name`; False when it did not exist."""
+        try:
+            self._call("del", name, lambda: self._ipr.link("del", ifname=name))
+        except DeviceNotFound:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    kind: str  # "new" or "del"
+    name: str
+    index: int
+
+
+class LinkEvents:
+    """Follow RTNLGRP_LINK in a namespace from a thread and hand each event to `on_event`.
+
+    The socket is opened inside the thread (pyroute2's sync IPRoute belongs to the
+    thread that made it) and the thread sleeps in select() on the socket and a wake-up
+    pipe: no polling, and stop() returns at once.
+    """
+
+    def __init__(self, namespace: str, on_event: Callable[[LinkEvent], None]) -> None:
+        self.namespace = namespace
+        self._on_event = on_event
+        self._wake_r, self._wake_w = os.pipe()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="l2-link-events", daemon=True)
+
+    def start(self, timeout: float = 5.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise NetlinkFailure(
+                op="bind",
+                device="*",
+                namespace=self.namespace or "(own)",
+                errno=-1,
+                problem="event socket not ready",
+            )
+        if self._error is not None:
+            raise NetlinkFailure(
+                op="bind",
+                device="*",
+                namespace=self.namespace or "(own)",
+                errno=-1,
+                problem=str(self._error),
+            )
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            os.write(self._wake_w, b"x")
+            self._thread.join(5)
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _run(self) -> None:
+        try:
+            ipr = IPRoute(netns=self.namespace) if self.namespace else IPRoute()
+            ipr.bind()
+        except Exception as err:  # reported to start() through _error
+            self._error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while True:
+                ready, _, _ = select.select([ipr.fileno(), self._wake_r], [], [])
+                if self._wake_r in ready:
+                    return
+                for msg in ipr.get():
+                    event = msg.get("event")
+                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        continue
+                    name = msg.get_attr("IFLA_IFNAME")
+                    if not name:
+                        continue
+                    try:
+                        self._on_event(
+                            LinkEvent(
+                                "new" if event == "RTM_NEWLINK" else "del",
+                                str(name),
+                                int(msg["index"]),
+                            )
+                        )
+                    except Exception:  # a handler bug must not end the watch
+                        log.exception("link_event_handler_failed", device=name)
+        except Exception:
+            log.exception("link_events_stopped", namespace=self.namespace)
+        finally:
+            ipr.close()

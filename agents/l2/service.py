@@ -1,0 +1,163 @@
+"""The l2-agent as a `common.service.Service`: start-up order, heartbeats, graceful stop.
+
+start(): record loaded and kernel reconciled, link events followed, then the RPC server
+consumes (so READY=1 means "serving, and the host matches the record"). stop(grace):
+stop consuming, let queued port work finish within `grace`, close everything.
+The collaborators are built in __main__ and handed in; this module opens nothing itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Protocol
+
+import structlog
+
+from agents.l2.dispatch import KeyedSerialExecutor
+from agents.l2.manager import EventSink, L2Manager
+from agents.l2.metrics import L2Metrics
+from agents.l2.netlink import LinkEvent, LinkEvents
+from agents.l2.store import PortStore
+from common.messages import AgentHeartbeat, PingReply
+
+log = structlog.get_logger()
+
+
+class Stoppable(Protocol):
+    """What the service needs of an RPC server (common.rpc.RpcServer)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait(self) -> None: ...
+
+
+class L2Agent:
+    def __init__(
+        self,
+        *,
+        manager: L2Manager,
+        executor: KeyedSerialExecutor,
+        store: PortStore,
+        make_server: Callable[[], Stoppable],
+        link_events: Callable[[Callable[[LinkEvent], None]], LinkEvents],
+        agent_events: EventSink,
+        metrics: L2Metrics,
+        version: str,
+        heartbeat_interval: float,
+        metrics_listen: str | None = None,
+        reload_log_level: Callable[[], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.manager = manager
+        self._executor = executor
+        self._store = store
+        self._make_server = make_server
+        self._make_link_events = link_events
+        self._agent_events = agent_events
+        self._metrics = metrics
+        self.version = version
+        self._interval = heartbeat_interval
+        self._metrics_listen = metrics_listen
+        self._reload = reload_log_level
+        self._on_close = on_close
+        self.started_at = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self._stopping = threading.Event()
+        self._server: Stoppable | None = None
+        self._events: LinkEvents | None = None
+        self._beat: threading.Thread | None = None
+        self.metrics_port: int | None = None
+
+    # ------------------------------------------------------------------ Service
+
+    def start(self) -> None:
+        if self._metrics_listen and not self._metrics_listen.endswith(":0"):
+            self.metrics_port = self._metrics.registry.serve(self._metrics_listen)
+            log.info("metrics_serving", listen=self._metrics_listen, port=self.metrics_port)
+        # Follow link events before reconciling so nothing deleted meanwhile is missed.
+        self._events = self._make_link_events(self._on_link_event)
+        self._events.start()
+        self.manager.reconcile()
+        self._server = self._make_server()
+        self._server.start()
+        self._beat = threading.Thread(target=self._heartbeat_loop, name="l2-heartbeat", daemon=True)
+        self._beat.start()
+        log.info("l2_agent_started", host=self.manager.host, version=self.version)
+
+    def stop(self, grace: float) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.stop()  # no new message is taken from here on
+        finished = self._executor.shutdown(grace)
+        if not finished:
+            log.warning("stop_grace_exceeded", pending=self._executor.pending, grace_s=grace)
+        if self._server is not None:
+            self._server.wait()
+        if self._events is not None:
+            self._events.stop()
+        if self._beat is not None:
+            self._beat.join(2)
+        self._metrics.registry.close()
+        self._store.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    def healthy(self) -> bool:
+        return self._events is not None and self._events.alive()
+
+    def reload(self) -> None:
+        if self._reload is not None:
+            self._reload()
+
+    # ------------------------------------------------------------------ reports
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._t0
+
+    def ping(self) -> PingReply:
+        return PingReply(
+            host=self.manager.host, kind="l2", version=self.version, uptime_s=self.uptime()
+        )
+
+    def heartbeat(self) -> None:
+        self._agent_events.info(
+            "agent.heartbeat",
+            AgentHeartbeat(
+                host=self.manager.host,
+                kind="l2",
+                version=self.version,
+                started_at=self.started_at,
+                uptime_s=self.uptime(),
+                counts=self.manager.counts(),
+            ),
+        )
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self.heartbeat()
+            except Exception as err:  # the broker may be away; the next beat tries again
+                log.warning("heartbeat_failed", error=str(err))
+            if self._stopping.wait(self._interval):
+                return
+
+    def _on_link_event(self, event: LinkEvent) -> None:
+        """Called from the link-event thread: queue a re-check of each affected port."""
+        if event.kind != "del":
+            return
+        affected = self.manager.ports_affected_by(event.name)
+        if not affected:
+            return
+        self._metrics.link_events.labels(kind=event.kind).inc()
+        log.info("device_vanished", device=event.name, ports=len(affected))
+        for port_id in affected:
+            try:
+                self._executor.submit(
+                    port_id, functools.partial(self.manager.ensure, port_id, why="device_vanished")
+                )
+            except RuntimeError:  # stopping: the next start-up reconcile re-wires it
+                return
