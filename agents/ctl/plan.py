@@ -97,7 +97,7 @@ def instance_names(base: str | None, count: int, rng: random.Random) -> list[str
     """`base` for one instance, `base-1..base-K` for several; a random name when none."""
     if count < 1:
         raise InvalidInput(field="--count", value=count, problem="must be at least 1")
-    stem = base or f"vm-{rng.randrange(16**6):06x}"
+    stem = base if base is not None else f"vm-{rng.randrange(16**6):06x}"
     check_name("--name", stem)
     names = [stem] if count == 1 else [f"{stem}-{i}" for i in range(1, count + 1)]
     for name in names:
