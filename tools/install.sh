@@ -1,0 +1,304 @@
+#!/bin/bash
+# Install the agents as systemd services on a Debian 12 host, or remove them again.
+#
+#   tools/install.sh                      install (or upgrade) from this checkout
+#   tools/install.sh --uninstall          remove what install put in place
+#   tools/install.sh --uninstall --purge  ... and configs, state (instance disks!), users
+#
+# Options:
+#   --root DIR       install into DIR instead of / (a scratch root for tests or an image
+#                    build): nothing outside DIR is touched, systemd is not reloaded and
+#                    the broker policy is only set when --vhost is given explicitly
+#   --vhost VHOST    RabbitMQ vhost for the notification-queue policy (default /)
+#   --no-broker-policy   do not run rabbitmqctl (the broker is on another host: set the
+#                    policy there, see docs/operations.md)
+#   --python PY      interpreter the venv is made from (default /usr/bin/python3)
+#
+# What it puts where (what it created is recorded in /opt/agents/manifest for --uninstall):
+#   /opt/agents/venv            a venv with this package (pip install of the checkout)
+#   /opt/agents/share/          pristine sample configs, docs
+#   /usr/local/bin/{agentctl,compute-agent,l2-agent}  symlinks into the venv
+#   /etc/agents/*.conf          sample configs, only where no file exists yet (0640 root:agents)
+#   /etc/systemd/system/{compute-agent,l2-agent}.service
+#   /var/lib/agents/{,images,instances}  state, base images, instance disks
+#   group `agents`              may read /etc/agents (broker credentials): add operators
+#                               who run agentctl to it
+#   user `libvirt-qemu`         only if missing: libvirt's QEMU driver (qemu:///embed)
+#                               refuses to start without it (docs/operations.md)
+#   RabbitMQ policy `agents-notifications`  bounds the notification queues
+#
+# Running it twice is harmless: existing configs are kept, users are not re-created,
+# the venv is upgraded in place, units are replaced (change them with drop-ins).
+# Uninstall keeps configs an operator edited, /var/lib/agents and the users unless
+# --purge.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT=""
+PREFIX=/opt/agents
+VHOST="/"
+VHOST_GIVEN=0
+BROKER_POLICY=1
+PYTHON=/usr/bin/python3
+ACTION=install
+PURGE=0
+
+UNITS=(compute-agent.service l2-agent.service)
+SCRIPTS=(agentctl compute-agent l2-agent)
+GROUP=agents
+POLICY=agents-notifications
+# oslo's Notifier declares `<topic>.<priority>` queues nobody may consume (PLATFORM.md):
+# events_topic (agents_events.*) and the per-host vif topics (vif_events.<host>.*).
+POLICY_PATTERN='^(agents_events|vif_events)\.'
+POLICY_DEFINITION='{"max-length":10000,"message-ttl":3600000}'
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --root) ROOT="$(realpath -m "${2:?--root needs a directory}")"; shift 2 ;;
+        --vhost) VHOST="${2:?--vhost needs a name}"; VHOST_GIVEN=1; shift 2 ;;
+        --no-broker-policy) BROKER_POLICY=0; shift ;;
+        --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
+        --uninstall) ACTION=uninstall; shift ;;
+        --purge) PURGE=1; shift ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+done
+[ "$ROOT" = "/" ] && ROOT=""
+[ "$PURGE" = 1 ] && [ "$ACTION" != uninstall ] && die "--purge goes with --uninstall"
+[ "$(id -u)" = 0 ] || die "run as root (it creates users and writes /etc, /opt, /var/lib)"
+
+SHARE="$ROOT$PREFIX/share"
+MANIFEST="$ROOT$PREFIX/manifest"
+VENV="$ROOT$PREFIX/venv"
+ETC="$ROOT/etc/agents"
+UNIT_DIR="$ROOT/etc/systemd/system"
+STATE="$ROOT/var/lib/agents"
+# In a scratch root the account tools work on DIR/etc/{passwd,group,shadow,gshadow}.
+ACCOUNT_ARGS=()
+[ -n "$ROOT" ] && ACCOUNT_ARGS=(--prefix "$ROOT")
+
+systemd_running() { [ -z "$ROOT" ] && [ -d /run/systemd/system ]; }
+broker_policy_wanted() {
+    [ "$BROKER_POLICY" = 1 ] && command -v rabbitmqctl >/dev/null \
+        && { [ -z "$ROOT" ] || [ "$VHOST_GIVEN" = 1 ]; }
+}
+has_group() { grep -q "^$1:" "$ROOT/etc/group" 2>/dev/null; }
+has_user() { grep -q "^$1:" "$ROOT/etc/passwd" 2>/dev/null; }
+gid_of() { awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group"; }
+record() { echo "$*" >>"$MANIFEST"; }
+recorded() { [ -f "$MANIFEST" ] && grep -qxF "$*" "$MANIFEST"; }
+
+install_accounts() {
+    if ! has_group "$GROUP"; then
+        groupadd "${ACCOUNT_ARGS[@]}" --system "$GROUP"
+        say "created group $GROUP"
+        record "group $GROUP"
+    fi
+    if ! has_user libvirt-qemu; then
+        has_group kvm || { groupadd "${ACCOUNT_ARGS[@]}" --system kvm && record "group kvm"; }
+        useradd "${ACCOUNT_ARGS[@]}" --system --no-create-home --home-dir /var/lib/libvirt \
+            --shell /usr/sbin/nologin --gid kvm libvirt-qemu
+        say "created user libvirt-qemu"
+        record "user libvirt-qemu"
+    fi
+}
+
+install_venv() {
+    "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+        || die "$PYTHON cannot make a venv: apt-get install python3-venv"
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -m venv "$VENV"
+    fi
+    # A checkout is always rebuilt and reinstalled, so an upgrade picks up new code;
+    # dependencies already satisfied are left alone. libvirt-python may build from
+    # source: it needs libvirt-dev, pkg-config, gcc and python3-dev.
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$REPO" \
+        || die "pip install failed (libvirt-python needs: apt-get install libvirt-dev pkg-config gcc python3-dev)"
+    mkdir -p "$ROOT/usr/local/bin"
+    for script in "${SCRIPTS[@]}"; do
+        [ -x "$VENV/bin/$script" ] || die "the package did not install $script"
+        # Absolute inside the target root, so a scratch root stays self-consistent.
+        ln -sfn "$PREFIX/venv/bin/$script" "$ROOT/usr/local/bin/$script"
+    done
+}
+
+install_share() {
+    mkdir -p "$SHARE/etc" "$SHARE/doc"
+    install -m 0644 "$REPO"/etc/*.conf "$SHARE/etc/"
+    [ -f "$REPO/docs/operations.md" ] && install -m 0644 "$REPO/docs/operations.md" "$SHARE/doc/"
+    return 0
+}
+
+install_configs() {
+    local gid sample target
+    gid="$(gid_of "$GROUP")"
+    install -d -m 0750 -o 0 -g "$gid" "$ETC"
+    for sample in "$REPO"/etc/*.conf; do
+        target="$ETC/$(basename "$sample")"
+        if [ -e "$target" ]; then
+            say "kept $target (it exists; the new sample is $PREFIX/share/etc/$(basename "$sample"))"
+            continue
+        fi
+        # The broker password lives here: readable by root and the agents group only.
+        install -m 0640 -o 0 -g "$gid" "$sample" "$target"
+        record "config $(sha256sum "$target" | cut -d' ' -f1) ${target#"$ROOT"}"
+        say "installed $target"
+    done
+}
+
+install_units() {
+    mkdir -p "$UNIT_DIR"
+    for unit in "${UNITS[@]}"; do
+        install -m 0644 "$REPO/systemd/$unit" "$UNIT_DIR/$unit"
+    done
+    # State: /var/lib/agents must stay traversable (0755): with qemu:///system, QEMU runs
+    # as libvirt-qemu and must reach the instance disks below it.
+    install -d -m 0755 -o 0 -g 0 "$STATE" "$STATE/images" "$STATE/instances"
+    if systemd_running; then
+        systemctl daemon-reload
+    fi
+}
+
+install_broker_policy() {
+    broker_policy_wanted || return 0
+    if rabbitmqctl set_policy -p "$VHOST" --apply-to queues --priority 0 \
+            "$POLICY" "$POLICY_PATTERN" "$POLICY_DEFINITION" >/dev/null; then
+        recorded "policy $VHOST $POLICY" || record "policy $VHOST $POLICY"
+        say "set RabbitMQ policy $POLICY on vhost $VHOST"
+    else
+        say "WARNING: could not set RabbitMQ policy $POLICY (is the broker up?); set it by hand:"
+        say "  rabbitmqctl set_policy -p '$VHOST' --apply-to queues $POLICY '$POLICY_PATTERN' '$POLICY_DEFINITION'"
+    fi
+}
+
+do_install() {
+    mkdir -p "$SHARE"
+    touch "$MANIFEST"
+    chmod 0644 "$MANIFEST"
+    install_accounts
+    install_venv
+    install_share
+    install_configs
+    install_units
+    install_broker_policy
+    say "installed $("$VENV/bin/compute-agent" --version 2>/dev/null || echo agents) into ${ROOT:-/}"
+    if [ -z "$ROOT" ]; then
+        say "next: edit /etc/agents/*.conf, then: systemctl enable --now l2-agent compute-agent"
+    fi
+}
+
+# ------------------------------------------------------------------------ uninstall
+
+uninstall_units() {
+    for unit in "${UNITS[@]}"; do
+        if systemd_running; then
+            systemctl disable --now "$unit" 2>/dev/null || true
+        fi
+        # `systemctl enable` made these; remove them also when systemd is not running.
+        rm -f "$UNIT_DIR/multi-user.target.wants/$unit"
+        rm -f "$UNIT_DIR/$unit"
+        # Drop-ins are the operator's: kept unless --purge.
+        [ "$PURGE" = 1 ] && rm -rf "$UNIT_DIR/$unit.d"
+    done
+    rmdir "$UNIT_DIR/multi-user.target.wants" 2>/dev/null || true
+    if systemd_running; then
+        systemctl daemon-reload
+    fi
+}
+
+uninstall_scripts() {
+    for script in "${SCRIPTS[@]}"; do
+        local link="$ROOT/usr/local/bin/$script"
+        if [ -L "$link" ] && [ "$(readlink "$link")" = "$PREFIX/venv/bin/$script" ]; then
+            rm -f "$link"
+        fi
+    done
+}
+
+uninstall_configs() {
+    local sum path
+    if [ "$PURGE" = 1 ]; then
+        rm -rf "$ETC"
+        return
+    fi
+    [ -f "$MANIFEST" ] || return 0
+    while read -r kind sum path; do
+        [ "$kind" = config ] || continue
+        [ -f "$ROOT$path" ] || continue
+        if [ "$(sha256sum "$ROOT$path" | cut -d' ' -f1)" = "$sum" ]; then
+            rm -f "$ROOT$path"
+        else
+            say "kept $ROOT$path (edited since install; --purge removes it)"
+        fi
+    done <"$MANIFEST"
+    rmdir "$ETC" 2>/dev/null || true
+}
+
+uninstall_broker_policy() {
+    [ -f "$MANIFEST" ] || return 0
+    local vhost name
+    while read -r kind vhost name; do
+        [ "$kind" = policy ] || continue
+        if command -v rabbitmqctl >/dev/null \
+                && rabbitmqctl clear_policy -p "$vhost" "$name" >/dev/null 2>&1; then
+            say "cleared RabbitMQ policy $name on vhost $vhost"
+        else
+            say "WARNING: could not clear RabbitMQ policy $name on vhost $vhost"
+        fi
+    done <"$MANIFEST"
+}
+
+uninstall_accounts() {
+    # Users and groups outlive a plain uninstall: files they own may remain (kept
+    # configs, state). --purge removes those this script created, users first.
+    if [ "$PURGE" != 1 ] || [ ! -f "$MANIFEST" ]; then
+        return 0
+    fi
+    local kind name
+    while read -r kind name _; do
+        if [ "$kind" = user ] && has_user "$name"; then
+            userdel "${ACCOUNT_ARGS[@]}" "$name"
+        fi
+    done <"$MANIFEST"
+    while read -r kind name _; do
+        if [ "$kind" = group ] && has_group "$name"; then
+            groupdel "${ACCOUNT_ARGS[@]}" "$name"
+        fi
+    done <"$MANIFEST"
+}
+
+do_uninstall() {
+    uninstall_units
+    uninstall_scripts
+    uninstall_configs
+    uninstall_broker_policy
+    uninstall_accounts
+    if [ "$PURGE" = 1 ]; then
+        rm -rf "$STATE"
+    else
+        rmdir "$STATE/images" "$STATE/instances" "$STATE" 2>/dev/null || true
+        [ -d "$STATE" ] && say "kept $STATE (state and instance disks; --purge removes it)"
+    fi
+    if [ "$PURGE" = 1 ]; then
+        rm -rf "$ROOT$PREFIX"
+    else
+        # The manifest stays, trimmed to the accounts: a later --purge still knows
+        # which users and groups this script made.
+        rm -rf "$VENV" "$SHARE"
+        if [ -f "$MANIFEST" ]; then
+            grep -E '^(user|group) ' "$MANIFEST" >"$MANIFEST.new" || true
+            mv "$MANIFEST.new" "$MANIFEST"
+        fi
+    fi
+    say "uninstalled from ${ROOT:-/}"
+}
+
+if [ "$ACTION" = install ]; then
+    do_install
+else
+    do_uninstall
+fi
