@@ -1,0 +1,289 @@
+"""The libvirt edge: the only module of the project that imports libvirt.
+
+It owns the connection (test:///default, qemu:///embed?root=DIR, qemu:///system), the
+event loop thread that the embed driver needs, and a handful of domain operations
+keyed by the instance uuid (which is the domain uuid), each turning libvirtError into
+a typed HypervisorError that names the operation and the instance.
+
+It must not decide anything: no XML building, no metadata parsing beyond "is there an
+element in our namespace", no retries, no notifications.
+
+Facts it relies on (PLATFORM.md):
+- qemu:///embed runs the QEMU driver in this process and needs an event loop:
+  virEventRegisterDefaultImpl() before opening, then virEventRunDefaultImpl() in a
+  thread. Its root needs etc/qemu.conf with stdio_handler="file" (no virtlogd) and
+  user/group root (else capabilities are re-probed for ~48 s).
+- right after reconnecting to a running embed QEMU, destroy() may raise "domain is not
+  running" while it does kill QEMU: check isActive() rather than trusting the error.
+- libvirt connections are thread-safe; one connection serves every build thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+import libvirt
+import structlog
+
+from agents.compute.errors import HypervisorError, HypervisorUnavailable
+from common.messages import InstanceState
+
+log = structlog.get_logger()
+
+_STATES: dict[int, InstanceState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # shutting down: still running until it is off
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+EMBED_QEMU_CONF = """\
+# Written by compute-agent for its qemu:///embed root (see PLATFORM.md).
+stdio_handler = "file"
+user = "root"
+group = "root"
+"""
+
+
+@dataclass(frozen=True)
+class Domain:
+    uuid: UUID
+    name: str
+    state: InstanceState
+    active: bool
+    xml: str  # the inactive (persistent) definition, with our metadata
+
+
+def embed_root(uri: str) -> Path | None:
+    parts = urlsplit(uri)
+    if parts.scheme != "qemu" or parts.path != "/embed":
+        return None
+    root = parse_qs(parts.query).get("root", [""])[0]
+    return Path(root) if root else None
+
+
+class _EventLoop:
+    """virEventRunDefaultImpl in a daemon thread, woken every second to notice stop()."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        libvirt.virEventRegisterDefaultImpl()
+        # A periodic no-op timer makes each run of the loop return at least once a second.
+        libvirt.virEventAddTimeout(1000, lambda _timer, _opaque: None, None)
+        self._thread = threading.Thread(target=self._run, name="libvirt-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if libvirt.virEventRunDefaultImpl() < 0:
+                log.error("libvirt_event_loop_failed")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+class Hypervisor:
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn: libvirt.virConnect | None = None
+        self._loop: _EventLoop | None = None
+
+    # ------------------------------------------------------------------ connection
+
+    def connect(self) -> None:
+        # libvirt prints every error to stderr by default, including the expected
+        # "metadata not found" of domains that are not ours; errors reach us as
+        # exceptions anyway.
+        libvirt.registerErrorHandler(_ignore_error, None)
+        root = embed_root(self.uri)
+        if root is not None:
+            conf = root / "etc" / "qemu.conf"
+            if not conf.exists():
+                conf.parent.mkdir(parents=True, exist_ok=True)
+                conf.write_text(EMBED_QEMU_CONF, encoding="utf-8")
+                log.info("embed_qemu_conf_written", path=str(conf))
+            self._loop = _EventLoop()
+            self._loop.start()
+        try:
+            self._conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as err:
+            if self._loop is not None:
+                self._loop.stop()
+            raise HypervisorUnavailable(uri=self.uri, problem=_msg(err)) from err
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except libvirt.libvirtError as err:
+                log.warning("libvirt_close_failed", error=_msg(err))
+            self._conn = None
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+    def alive(self) -> bool:
+        try:
+            return self._conn is not None and bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self._conn is None:
+            raise HypervisorUnavailable(uri=self.uri, problem="not connected")
+        return self._conn
+
+    # ------------------------------------------------------------------ domains
+
+    def _lookup(self, uuid: UUID) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByUUIDString(str(uuid))
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise HypervisorError(
+                operation="lookup", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def _need(self, uuid: UUID, operation: str) -> libvirt.virDomain:
+        dom = self._lookup(uuid)
+        if dom is None:
+            raise HypervisorError(operation=operation, instance=str(uuid), problem="no such domain")
+        return dom
+
+    def define(self, uuid: UUID, xml: str) -> None:
+        try:
+            self.conn.defineXML(xml)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                operation="define", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def start(self, uuid: UUID) -> None:
+        dom = self._need(uuid, "start")
+        try:
+            dom.create()
+        except libvirt.libvirtError as err:
+            raise HypervisorError(operation="start", instance=str(uuid), problem=_msg(err)) from err
+
+    def destroy(self, uuid: UUID) -> bool:
+        """Stop the guest if it runs; True if it was running."""
+        dom = self._lookup(uuid)
+        if dom is None or not dom.isActive():
+            return False
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as err:
+            if dom.isActive():  # see module docstring: the error may be a false alarm
+                raise HypervisorError(
+                    operation="destroy", instance=str(uuid), problem=_msg(err)
+                ) from err
+        return True
+
+    def undefine(self, uuid: UUID) -> bool:
+        """Remove the definition; True if there was one."""
+        dom = self._lookup(uuid)
+        if dom is None:
+            return False
+        try:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise HypervisorError(
+                operation="undefine", instance=str(uuid), problem=_msg(err)
+            ) from err
+        return True
+
+    def reboot(self, uuid: UUID, hard: bool) -> None:
+        dom = self._need(uuid, "reboot")
+        try:
+            if hard:
+                # reset() is not offered by every driver (test); destroy+create is.
+                if dom.isActive():
+                    dom.destroy()
+                dom.create()
+            else:
+                dom.reboot(0)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                operation="reboot", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def set_metadata(self, uuid: UUID, element_xml: str, prefix: str, namespace: str) -> None:
+        """Replace our metadata element, on the definition (and the live guest if running)."""
+        dom = self._need(uuid, "set_metadata")
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if dom.isActive():
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        try:
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT, element_xml, prefix, namespace, flags
+            )
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                operation="set_metadata", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def get(self, uuid: UUID) -> Domain | None:
+        dom = self._lookup(uuid)
+        return None if dom is None else self._view(dom, uuid)
+
+    def list_with_metadata(self, namespace: str) -> list[Domain]:
+        """Every domain carrying an element in `namespace`; others are never returned."""
+        found = []
+        try:
+            domains = self.conn.listAllDomains()
+        except libvirt.libvirtError as err:
+            raise HypervisorError(operation="list", instance="*", problem=_msg(err)) from err
+        for dom in domains:
+            try:
+                dom.metadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+                )
+            except libvirt.libvirtError:
+                continue  # no metadata of ours (or it vanished meanwhile): not ours
+            view = self._view(dom, UUID(dom.UUIDString()))
+            if view is not None:
+                found.append(view)
+        return found
+
+    def _view(self, dom: libvirt.virDomain, uuid: UUID) -> Domain | None:
+        try:
+            state, _reason = dom.state()
+            return Domain(
+                uuid=uuid,
+                name=dom.name(),
+                state=_STATES.get(state, "unknown"),
+                active=bool(dom.isActive()),
+                xml=dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+            )
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None  # undefined while we looked
+            raise HypervisorError(
+                operation="inspect", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+
+def _ignore_error(_ctx: object, _err: object) -> None:
+    return None
+
+
+def _msg(err: libvirt.libvirtError) -> str:
+    return str(err.get_error_message() or err)

@@ -1,0 +1,101 @@
+"""The compute-agent as a daemon: start-up order, heartbeat, graceful stop, reload.
+
+It owns the order in which the parts come up and go down:
+start: libvirt connection -> start-up reconcile -> vif-event listener -> RPC server ->
+metrics endpoint -> heartbeat thread (READY=1 is sent by common.service.run() after
+start() returns, so systemd hears "ready" only once all of that is done);
+stop: RPC server stops taking messages -> in-flight builds drain within the grace (the
+vif listener keeps running so they can still complete) -> listener, heartbeat,
+transports, libvirt.
+
+It must not contain build logic (manager.py) nor create its collaborators (__main__).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import structlog
+
+from agents.compute.hypervisor import Hypervisor
+from agents.compute.manager import ComputeManager, VifEventEndpoint
+from common.metrics import Registry
+from common.rpc import COMPUTE_TOPIC, Messaging, RpcServer, vif_events_topic
+
+log = structlog.get_logger()
+
+
+class ComputeService:
+    def __init__(
+        self,
+        manager: ComputeManager,
+        hypervisor: Hypervisor,
+        messaging: Messaging,
+        registry: Registry,
+        metrics_listen: str,
+        heartbeat_interval: float,
+        reload_config: Callable[[], None],
+    ) -> None:
+        self.manager = manager
+        self.hypervisor = hypervisor
+        self.messaging = messaging
+        self.registry = registry
+        self.metrics_listen = metrics_listen
+        self.heartbeat_interval = heartbeat_interval
+        self._reload_config = reload_config
+        self._rpc: RpcServer | None = None
+        self._listener: RpcServer | None = None
+        self._stop_heartbeat = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self.metrics_port: int | None = None
+
+    def start(self) -> None:
+        host = self.manager.host
+        self.hypervisor.connect()
+        log.info("libvirt_connected", uri=self.hypervisor.uri)
+        self.manager.reconcile()
+        self._listener = self.messaging.notification_listener(
+            [vif_events_topic(host)], [VifEventEndpoint(self.manager)]
+        )
+        self._listener.start()
+        self._rpc = self.messaging.rpc_server(COMPUTE_TOPIC, host, [self.manager])
+        self._rpc.start()
+        port = self.metrics_listen.rpartition(":")[2]
+        if port != "0" or self.metrics_listen.startswith("127.0.0.1:0"):
+            self.metrics_port = self.registry.serve(self.metrics_listen)
+            log.info("metrics_serving", listen=self.metrics_listen, port=self.metrics_port)
+        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat.start()
+        log.info("compute_agent_started", host=host, version=self.manager.version)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.manager.emit_heartbeat()
+            except Exception as err:  # the broker may be away; try again next beat
+                log.warning("heartbeat_failed", error=str(err))
+            if self._stop_heartbeat.wait(self.heartbeat_interval):
+                return
+
+    def stop(self, grace: float) -> None:
+        if self._rpc is not None:
+            self._rpc.stop()
+        self.manager.drain(grace)
+        if self._rpc is not None:
+            self._rpc.wait()
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener.wait()
+        self._stop_heartbeat.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        self.registry.close()
+        self.messaging.close()
+        self.hypervisor.close()
+
+    def healthy(self) -> bool:
+        return self.manager.healthy()
+
+    def reload(self) -> None:
+        self._reload_config()
