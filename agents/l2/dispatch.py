@@ -15,7 +15,7 @@ import structlog
 
 log = structlog.get_logger()
 
-Task = Callable[[], None]
+Task = Callable[[], object]
 
 
 class KeyedSerialExecutor:

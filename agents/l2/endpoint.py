@@ -41,6 +41,11 @@ from common.rpc import InvalidPayload, expect
 
 log = structlog.get_logger()
 
+
+class WrongHost(InvalidMessage):
+    """A valid port message addressed to another host's agent."""
+
+
 PortMessage = PortCreated | PortUpdated | PortDeleted
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
 
@@ -105,10 +110,15 @@ class L2Endpoint:
             msg = expect(payload, model)
             assert isinstance(msg, PortCreated | PortUpdated | PortDeleted)
             if msg.host != self.host:
-                raise InvalidMessage(
+                # Not reported as plug_failed on this host's vif topic: no build here
+                # waits for that port; the operator sees agent.message_rejected.
+                raise WrongHost(
                     schema=model.SCHEMA,
                     problem=f"addressed to host {msg.host!r}, this is {self.host!r}",
                 )
+        except WrongHost as err:
+            self._reject(method, None, err.reason, request_id)
+            return
         except InvalidMessage as err:
             self._reject(method, payload, err.reason, request_id)
             return
