@@ -8,10 +8,13 @@
   agent stops pinging and systemd restarts it);
 - SIGTERM/SIGINT: STOPPING=1, `service.stop(grace)` (stop consuming, finish or hand back
   in-flight work within the bound), exit 0;
-- SIGHUP: `service.reload()` (re-reads the log level).
+- SIGHUP: RELOADING=1, `service.reload()` (re-reads the log level), READY=1; handled
+  at once, not at the next watchdog tick.
 
 The notify protocol is a datagram to $NOTIFY_SOCKET (sd_notify(3)); no libsystemd needed.
-Nothing here knows what an agent does.
+Signal handlers only set flags; all work happens on the main thread's loop. The
+handlers that were installed before are put back when run() returns, so run() can be
+called in a test process. Nothing here knows what an agent does.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import os
 import signal
 import socket
 import threading
+import time
+from collections.abc import Callable
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -69,25 +74,68 @@ def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
         return None
 
 
+class _Signals:
+    """Flags set by signal handlers, and one event that wakes the main loop for any."""
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.reload = threading.Event()
+        self.stop_signal = ""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        handlers: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {
+            signal.SIGTERM: self._on_term,
+            signal.SIGINT: self._on_term,
+            signal.SIGHUP: self._on_hup,
+        }
+        for signum, handler in handlers.items():
+            self._previous[signum] = signal.signal(signum, handler)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _on_term(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop_signal = signal.Signals(signum).name
+        self.stop.set()
+        self.wake.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload.set()
+        self.wake.set()
+
+
+def _reload(service: Service, name: str) -> None:
+    # MONOTONIC_USEC lets systemd (>= 253, Type=notify-reload) match READY to RELOADING.
+    sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+    try:
+        service.reload()
+        log.info("service_reloaded", service=name)
+    except Exception as err:  # a bad reload keeps the old settings running
+        log.error("reload_failed", service=name, error=str(err))
+    sd_notify(f"READY=1\nSTATUS={name} serving")
+
+
 def run(service: Service, *, name: str, grace: float = 30.0, idle_tick: float = 5.0) -> int:
-    stopping = threading.Event()
-    reload_requested = threading.Event()
+    """Run `service` until SIGTERM/SIGINT; the process exit code is returned."""
+    signals = _Signals()
+    signals.install()
+    try:
+        return _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
+    finally:
+        signals.restore()
 
-    def on_term(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        stopping.set()
 
-    def on_hup(_signum: int, _frame: FrameType | None) -> None:
-        reload_requested.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-
+def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_tick: float) -> int:
+    sd_notify(f"STATUS={name} starting")
     try:
         service.start()
     except Exception as err:
         log.exception("start_failed", service=name, error=str(err))
+        sd_notify(f"STATUS={name} failed to start: {err}")
         try:
             service.stop(grace=min(grace, 5.0))
         except Exception:  # already failing; the first error is the one that matters
@@ -96,20 +144,28 @@ def run(service: Service, *, name: str, grace: float = 30.0, idle_tick: float = 
     sd_notify(f"READY=1\nSTATUS={name} serving")
     log.info("service_ready", service=name)
 
-    tick = watchdog_interval() or idle_tick
-    while not stopping.wait(tick):
-        if reload_requested.is_set():
-            reload_requested.clear()
-            try:
-                service.reload()
-                log.info("service_reloaded", service=name)
-            except Exception as err:  # a bad reload keeps the old settings running
-                log.error("reload_failed", service=name, error=str(err))
-        if service.healthy():
-            sd_notify("WATCHDOG=1")
-        else:
-            log.warning("service_unhealthy", service=name)
+    watchdog = watchdog_interval()
+    tick = watchdog or idle_tick
+    next_tick = time.monotonic()  # the first watchdog ping goes out right after READY
+    while not signals.stop.is_set():
+        signals.wake.wait(max(0.0, next_tick - time.monotonic()))
+        signals.wake.clear()
+        if signals.stop.is_set():
+            break
+        if signals.reload.is_set():
+            signals.reload.clear()
+            log.info("signal_received", signal="SIGHUP")
+            _reload(service, name)
+        if time.monotonic() >= next_tick:
+            next_tick = time.monotonic() + tick
+            if service.healthy():
+                if watchdog is not None:
+                    sd_notify("WATCHDOG=1")
+            else:
+                # No ping: systemd's watchdog restarts the agent after WatchdogSec.
+                log.warning("service_unhealthy", service=name)
 
+    log.info("signal_received", signal=signals.stop_signal)
     sd_notify(f"STOPPING=1\nSTATUS={name} stopping")
     log.info("service_stopping", service=name, grace_s=grace)
     try:
