@@ -61,7 +61,8 @@ def kernel_cmdline(image: KernelImage, spec: InstanceSpec, ports: list[PortNetwo
     """The image's command line plus the keys the project's guest image reads.
 
     `agents.ip=<ip>/<prefix>` and `agents.gw=<gw>` come from the first port with a fixed
-    IP and, for the prefix and gateway, from that port's network when this host knows it.
+    IP and, for the prefix and gateway, from that port's network when this host knows it;
+    `agents.mtu=<mtu>` from the port's MTU, else its network's, when either is known.
     """
     words = (image.cmdline or "").split()
     if "console=ttyS0" not in words:
@@ -74,6 +75,9 @@ def kernel_cmdline(image: KernelImage, spec: InstanceSpec, ports: list[PortNetwo
         words.append(f"agents.ip={first.port.fixed_ip}/{prefix}")
         if net is not None and net.gateway is not None:
             words.append(f"agents.gw={net.gateway}")
+        mtu = first.port.mtu or (net.mtu if net is not None else None)
+        if mtu is not None:
+            words.append(f"agents.mtu={mtu}")
     return " ".join(words)
 
 
