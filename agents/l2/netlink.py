@@ -11,10 +11,9 @@ It must not decide anything: no naming, no policy about what to create or remove
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import errno as errnos
 import os
-import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import structlog
-from pyroute2 import IPRoute
+from pyroute2 import AsyncIPRoute, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agents.l2.errors import DeviceNotFound, KernelFeatureMissing, NetlinkFailure
@@ -283,81 +282,76 @@ class LinkEvent:
 class LinkEvents:
     """Follow RTNLGRP_LINK in a namespace from a thread and hand each event to `on_event`.
 
-    The socket is opened inside the thread (pyroute2's sync IPRoute belongs to the
-    thread that made it) and the thread sleeps in select() on the socket and a wake-up
-    pipe: no polling, and stop() returns at once.
+    The thread runs its own asyncio loop around pyroute2's AsyncIPRoute: the kernel
+    pushes each event (no polling), and stop() cancels the loop from outside at once.
+    (The sync IPRoute buffers messages internally, so select() on its socket can leave
+    an event undelivered until the next one arrives.)
     """
 
     def __init__(self, namespace: str, on_event: Callable[[LinkEvent], None]) -> None:
         self.namespace = namespace
         self._on_event = on_event
-        self._wake_r, self._wake_w = os.pipe()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
         self._thread = threading.Thread(target=self._run, name="l2-link-events", daemon=True)
 
     def start(self, timeout: float = 5.0) -> None:
         self._thread.start()
+        ns = self.namespace or "(own)"
         if not self._ready.wait(timeout):
             raise NetlinkFailure(
-                op="bind",
-                device="*",
-                namespace=self.namespace or "(own)",
-                errno=-1,
-                problem="event socket not ready",
+                op="bind", device="*", namespace=ns, errno=-1, problem="no event socket"
             )
         if self._error is not None:
             raise NetlinkFailure(
-                op="bind",
-                device="*",
-                namespace=self.namespace or "(own)",
-                errno=-1,
-                problem=str(self._error),
+                op="bind", device="*", namespace=ns, errno=-1, problem=str(self._error)
             )
 
     def alive(self) -> bool:
         return self._thread.is_alive()
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            os.write(self._wake_w, b"x")
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(task.cancel)
             self._thread.join(5)
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
     def _run(self) -> None:
         try:
-            ipr = IPRoute(netns=self.namespace) if self.namespace else IPRoute()
-            ipr.bind()
-        except Exception as err:  # reported to start() through _error
-            self._error = err
-            self._ready.set()
-            return
-        self._ready.set()
+            asyncio.run(self._watch())
+        except asyncio.CancelledError:
+            pass
+        except Exception as err:  # before ready: reported by start(); after: logged
+            if not self._ready.is_set():
+                self._error = err
+                self._ready.set()
+            else:
+                log.exception("link_events_stopped", namespace=self.namespace)
+
+    async def _watch(self) -> None:
+        self._task = asyncio.current_task()
+        ipr = AsyncIPRoute(netns=self.namespace) if self.namespace else AsyncIPRoute()
         try:
+            await ipr.bind()
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
             while True:
-                ready, _, _ = select.select([ipr.fileno(), self._wake_r], [], [])
-                if self._wake_r in ready:
-                    return
-                for msg in ipr.get():
-                    event = msg.get("event")
-                    if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                        continue
-                    name = msg.get_attr("IFLA_IFNAME")
-                    if not name:
-                        continue
-                    try:
-                        self._on_event(
-                            LinkEvent(
-                                "new" if event == "RTM_NEWLINK" else "del",
-                                str(name),
-                                int(msg["index"]),
-                            )
-                        )
-                    except Exception:  # a handler bug must not end the watch
-                        log.exception("link_event_handler_failed", device=name)
-        except Exception:
-            log.exception("link_events_stopped", namespace=self.namespace)
+                async for msg in ipr.get():
+                    self._dispatch(msg)
         finally:
             ipr.close()
+
+    def _dispatch(self, msg: Any) -> None:
+        event = msg.get("event")
+        if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+            return
+        name = msg.get_attr("IFLA_IFNAME")
+        if not name:
+            return
+        kind = "new" if event == "RTM_NEWLINK" else "del"
+        try:
+            self._on_event(LinkEvent(kind, str(name), int(msg["index"])))
+        except Exception:  # a handler bug must not end the watch
+            log.exception("link_event_handler_failed", device=name)

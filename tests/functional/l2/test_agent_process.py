@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-from common.messages import PingReply, Port, PortCreated, PortList, new_request_id
-from common.rpc import L2_TOPIC, EventWatcher, Messaging
+from agents.l2.store import PortStore
+from common.messages import PingReply, Port, PortCreated, PortList, envelope, new_request_id
+from common.rpc import L2_TOPIC, EventWatcher, Messaging, watching
 from tests.functional.l2.conftest import (
     VXLAN_NET,
     L2Env,
@@ -20,7 +24,7 @@ from tests.functional.l2.conftest import (
     spawn_agent,
     wait_event,
 )
-from tests.hosts import wait_for
+from tests.hosts import console_script, run, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -89,3 +93,219 @@ def test_port_created_wires_tap_into_bridge_and_reports_vif_plugged(
     finally:
         code = stop(proc)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+
+def cast(messaging: Messaging, host: str, method: str, payload: object) -> None:
+    # A raw value goes through the serializer untouched: what a buggy sender would put
+    # on the wire.
+    messaging.rpc_client(L2_TOPIC, host).cast(method, payload)  # type: ignore[arg-type]
+
+
+def created(host: str, port: Port) -> PortCreated:
+    return PortCreated(request_id=new_request_id(), host=host, port=port)
+
+
+def test_bad_input_gives_plug_failed_keeps_serving_and_makes_nothing(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    try:
+        wait_serving(messaging, l2env.host)
+        net = uuid.UUID(VXLAN_NET)
+        bad_ids = {}
+        for label, field, value in (
+            ("multicast", "mac", "fb:16:3e:00:00:01"),
+            ("zero", "mac", "00:00:00:00:00:00"),
+            ("fe", "mac", "fe:16:3e:00:00:01"),
+            ("mtu", "mtu", 65000),
+        ):
+            pid = uuid.uuid4()
+            wire = envelope(
+                created(l2env.host, Port(id=pid, network_id=net, mac="fa:16:3e:00:00:01"))
+            )
+            wire["data"]["port"][field] = value
+            cast(messaging, l2env.host, "port_created", wire)
+            bad_ids[label] = pid
+        unknown = Port(id=uuid.uuid4(), network_id=uuid.uuid4(), mac="fa:16:3e:00:00:02")
+        cast(messaging, l2env.host, "port_created", created(l2env.host, unknown))
+        for garbage in ("garbage", {"no": "envelope"}, [1, 2, 3], None):
+            cast(messaging, l2env.host, "port_created", garbage)
+            cast(messaging, l2env.host, "port_deleted", garbage)
+        good = Port(id=uuid.uuid4(), network_id=net, mac="fa:16:3e:00:00:03")
+        cast(messaging, l2env.host, "port_created", created(l2env.host, good))
+
+        seen: list[object] = []
+        wait_event(vif_watcher, "port.vif_plugged", good.id, seen=seen)
+        for label, pid in bad_ids.items():
+            event = next((e for e in seen if getattr(e.payload, "port_id", None) == pid), None)
+            event = event or wait_event(vif_watcher, "port.plug_failed", pid)
+            assert event.event_type == "port.plug_failed" and event.priority == "error", label
+        event = next((e for e in seen if getattr(e.payload, "port_id", None) == unknown.id), None)
+        event = event or wait_event(vif_watcher, "port.plug_failed", unknown.id)
+        assert "is not configured" in event.payload.reason
+
+        wait_serving(messaging, l2env.host)  # still answering
+        links = ns_links(l2env.ns)
+        assert f"tap{str(good.id)[:11]}" in links
+        for pid in [*bad_ids.values(), unknown.id]:
+            assert f"tap{str(pid)[:11]}" not in links
+        assert f"brq{str(unknown.network_id)[:11]}" not in links
+        assert proc.poll() is None
+    finally:
+        code = stop(proc)
+    assert code == 0
+
+
+def test_deleted_tap_or_bridge_is_rewired_within_a_second(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    try:
+        wait_serving(messaging, l2env.host)
+        p = Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:00:00:04")
+        cast(messaging, l2env.host, "port_created", created(l2env.host, p))
+        wait_event(vif_watcher, "port.vif_plugged", p.id)
+        tap, bridge = f"tap{str(p.id)[:11]}", f"brq{VXLAN_NET[:11]}"
+
+        def wired() -> bool:
+            links = ns_links(l2env.ns)
+            return (
+                tap in links
+                and links[tap].get("master") == bridge
+                and is_up(links[tap])
+                and links.get("vxlan-1001", {}).get("master") == bridge
+            )
+
+        for victim in (tap, bridge):
+            run(["ip", "-n", l2env.ns, "link", "del", victim])
+            t0 = time.monotonic()
+            wait_for(wired, 1.0, interval=0.02, what=f"re-wire after deleting {victim}")
+            elapsed = time.monotonic() - t0
+            assert elapsed < 1.0
+            wait_event(vif_watcher, "port.vif_plugged", p.id, timeout=2)
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+
+def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    ports = [
+        Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:00:01:%02x" % i)
+        for i in range(120)
+    ]
+    try:
+        wait_serving(messaging, l2env.host)
+        for p in ports:
+            cast(messaging, l2env.host, "port_created", created(l2env.host, p))
+        plugged: set[uuid.UUID] = set()
+
+        def some_plugged() -> bool:
+            plugged.update(
+                e.payload.port_id
+                for e in vif_watcher.poll(0.05)
+                if e.event_type == "port.vif_plugged"
+            )
+            return len(plugged) >= 30
+
+        wait_for(some_plugged, 20, interval=0, what="30 ports plugged")
+        proc.send_signal(signal.SIGKILL)  # mid-stream: writes may be in flight
+        proc.wait(5)
+    finally:
+        stop(proc)
+
+    state = l2env.state_dir / "l2-agent" / l2env.host / "ports"
+    records = PortStore(state).load()  # every file parses: no torn record
+    assert not list(state.glob("*.corrupt"))
+    assert len(records) >= 30
+    # A stray device with our naming appears while the agent is down.
+    stray = f"tap{str(uuid.uuid4())[:11]}"
+    run(["ip", "-n", l2env.ns, "tuntap", "add", "dev", stray, "mode", "tap"])
+    for e in vif_watcher.poll(0.2):  # drop what the first run said
+        pass
+
+    again = spawn_agent(l2env, tmp_path / "agent2.log")
+    try:
+        wait_serving(messaging, l2env.host)
+        reported: set[uuid.UUID] = set()
+
+        def all_reported() -> bool:
+            reported.update(
+                e.payload.port_id
+                for e in vif_watcher.poll(0.05)
+                if e.event_type == "port.vif_plugged"
+            )
+            return set(records) <= reported
+
+        wait_for(all_reported, 20, interval=0, what="vif_plugged again for every recorded port")
+        links = ns_links(l2env.ns)
+        bridge = f"brq{VXLAN_NET[:11]}"
+        for pid in records:
+            assert links[f"tap{str(pid)[:11]}"].get("master") == bridge
+        assert stray not in links
+        recorded_taps = {f"tap{str(pid)[:11]}" for pid in records}
+        ours = {n for n in links if n.startswith("tap")}
+        assert ours <= recorded_taps | {f"tap{str(p.id)[:11]}" for p in ports}
+    finally:
+        code = stop(again)
+    assert code == 0, (tmp_path / "agent2.log").read_text()[-3000:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_metrics_heartbeat_version_and_graceful_stop(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    port_no = free_port()
+    l2env.conf.write_text(
+        l2env.conf.read_text().replace("listen = 127.0.0.1:0", f"listen = 127.0.0.1:{port_no}")
+    )
+    events_topic = l2env.config().messaging.events_topic
+    with watching(l2env.config().messaging, [f"{events_topic}.info"]) as agent_watch:
+        proc = spawn_agent(l2env, tmp_path / "agent.log")
+        try:
+            pong = wait_serving(messaging, l2env.host)
+            version = subprocess.run(
+                [console_script("l2-agent"), "--version"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
+            assert version == f"l2-agent {pong.version}"
+            p = Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:00:00:05")
+            cast(messaging, l2env.host, "port_created", created(l2env.host, p))
+            wait_event(vif_watcher, "port.vif_plugged", p.id)
+            cast(messaging, l2env.host, "report_state", None)
+
+            def heartbeat_with_port() -> object:
+                for e in agent_watch.poll(0.2):
+                    if (
+                        e.event_type == "agent.heartbeat"
+                        and e.payload.host == l2env.host
+                        and e.payload.counts.get("wired") == 1
+                    ):
+                        return e
+                return None
+
+            beat = wait_for(heartbeat_with_port, 10, interval=0, what="heartbeat counting 1 wired")
+            assert beat.payload.kind == "l2" and beat.payload.version == pong.version
+            assert beat.payload.uptime_s > 0
+
+            text = (
+                urllib.request.urlopen(f"http://127.0.0.1:{port_no}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
+            assert 'l2_agent_plugs_total{result="wired"} 1.0' in text
+            assert 'l2_agent_step_seconds_count{step="tap"} 1.0' in text
+            assert 'l2_agent_ports{state="wired"} 1.0' in text
+            assert "l2_agent_reconcile_seconds_count 1.0" in text
+        finally:
+            code = stop(proc)
+    assert code == 0
