@@ -50,6 +50,10 @@ EMBED_QEMU_CONF = """\
 stdio_handler = "file"
 user = "root"
 group = "root"
+# Debian builds default these to a group "libvirt-qemu" that may not exist (the user of
+# that name belongs to group kvm); opening the driver then fails.
+swtpm_user = "root"
+swtpm_group = "root"
 """
 
 
