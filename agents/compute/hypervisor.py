@@ -205,7 +205,9 @@ class Hypervisor:
         if dom is None:
             return False
         try:
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            # Plain undefine: our domains have no NVRAM or snapshots, and the test
+            # driver refuses the NVRAM flag.
+            dom.undefine()
         except libvirt.libvirtError as err:
             if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return False

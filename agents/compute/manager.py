@@ -676,6 +676,8 @@ class ComputeManager:
 
     def _reject(self, method: str, err: InvalidMessage, payload: object, event_type: str) -> None:
         raw = payload.raw if isinstance(payload, InvalidPayload) else payload
+        if isinstance(raw, Message):  # valid but refused (wrong host): still address it
+            raw = raw.model_dump(mode="json")
         uuid = salvage_uuid(raw, "instance_uuid", "uuid")
         log.warning(
             "message_rejected",

@@ -1,0 +1,541 @@
+"""The compute manager in-process against a private libvirt test driver.
+
+Each test opens `test:///<tmp>/node.xml`: a driver state of its own (not the
+process-wide test:///default), holding one running domain that this agent does not own,
+which must never be touched. Notifications go to a small recording notifier; images
+and qemu-img are real.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.compute import driver
+from agents.compute.errors import InstanceNotFound
+from agents.compute.hypervisor import Hypervisor
+from agents.compute.images import ImageStore
+from agents.compute.manager import ComputeManager
+from agents.compute.settings import ComputeConfig, ComputeSettings
+from agents.compute.telemetry import ComputeMetrics
+from agents.compute.waiter import VifWaiter
+from common.config import DefaultSettings, Flavor, load
+from common.messages import (
+    BuildInstance,
+    DeleteInstance,
+    InstanceEvent,
+    InstanceRef,
+    InstanceSpec,
+    Message,
+    Port,
+    RebootInstance,
+    VifEvent,
+    envelope,
+    new_request_id,
+)
+from common.metrics import Registry
+
+from .conftest import NET1, SHARED_CONF
+
+pytestmark = pytest.mark.functional
+
+HOST = "node-t"
+FOREIGN = uuid.UUID("6695eb01-f6a4-8304-79aa-97f2502e1111")
+NODE_XML = f"""<node>
+  <domain type='test'>
+    <name>not-ours</name>
+    <uuid>{FOREIGN}</uuid>
+    <memory>8192</memory>
+    <vcpu>1</vcpu>
+    <os><type>hvm</type></os>
+  </domain>
+</node>
+"""
+
+
+class RecordingNotifier:
+    """Keeps every notification; `wait()` blocks until a matching one arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Message]] = []
+        self._cond = threading.Condition()
+
+    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._add("info", event_type, payload)
+
+    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._add("error", event_type, payload)
+
+    def _add(self, priority: str, event_type: str, payload: Message) -> None:
+        with self._cond:
+            self.events.append((priority, event_type, payload))
+            self._cond.notify_all()
+
+    def of(self, instance: uuid.UUID) -> list[tuple[str, InstanceEvent]]:
+        with self._cond:
+            return [
+                (t, p)
+                for _, t, p in self.events
+                if isinstance(p, InstanceEvent) and p.instance_uuid == instance
+            ]
+
+    def types(self, instance: uuid.UUID) -> list[str]:
+        return [t for t, _ in self.of(instance)]
+
+    def wait(
+        self, instance: uuid.UUID, event_types: set[str], timeout: float = 10
+    ) -> InstanceEvent:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for t, p in self.of(instance):
+                    if t in event_types:
+                        return p
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {event_types} for {instance}: {self.types(instance)}")
+                self._cond.wait(remaining)
+
+
+@pytest.fixture
+def hv(tmp_path: Path) -> Iterator[Hypervisor]:
+    node = tmp_path / "node.xml"
+    node.write_text(NODE_XML)
+    hypervisor = Hypervisor(f"test://{node}")
+    hypervisor.connect()
+    yield hypervisor
+    hypervisor.close()
+
+
+@pytest.fixture
+def image_dir(tmp_path: Path) -> Path:
+    import subprocess
+
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(images / "tiny.qcow2"), "16M"], check=True
+    )
+    return images
+
+
+Factory = Callable[..., tuple[ComputeManager, RecordingNotifier]]
+
+
+@pytest.fixture
+def make(hv: Hypervisor, image_dir: Path, tmp_path: Path) -> Iterator[Factory]:
+    made: list[ComputeManager] = []
+    shared = load(ComputeConfig, [SHARED_CONF])
+
+    def factory(**compute: Any) -> tuple[ComputeManager, RecordingNotifier]:
+        settings = ComputeSettings(
+            libvirt_uri=hv.uri,
+            domain_type="test",
+            image_dir=image_dir,
+            instances_dir=tmp_path / "instances",
+            vif_plugging_timeout=compute.pop("vif_plugging_timeout", 5),
+            **compute,
+        )
+        config = shared.model_copy(
+            update={"compute": settings, "DEFAULT": DefaultSettings(host=HOST)}
+        )
+        notifier = RecordingNotifier()
+        manager = ComputeManager(
+            config=config,
+            hypervisor=hv,
+            images=ImageStore(image_dir, settings.instances_dir),
+            waiter=VifWaiter(),
+            notifier=notifier,
+            metrics=ComputeMetrics(Registry("t")),
+            version="9.9-test",
+        )
+        made.append(manager)
+        return manager, notifier
+
+    yield factory
+    for manager in made:
+        manager.drain(0)
+
+
+def spec(ports: int = 1, **kw: Any) -> InstanceSpec:
+    iid = uuid.uuid4()
+    return InstanceSpec(
+        uuid=iid,
+        name=kw.pop("name", "vm-" + iid.hex[:6]),
+        flavor=kw.pop("flavor", "m1.tiny"),
+        image=kw.pop("image", "tiny"),
+        ports=[
+            Port(id=uuid.uuid4(), network_id=NET1, mac=f"fa:16:3e:00:00:{n:02x}", instance_uuid=iid)
+            for n in range(ports)
+        ],
+        **kw,
+    )
+
+
+def build_msg(s: InstanceSpec, host: str = HOST) -> BuildInstance:
+    return BuildInstance(request_id=new_request_id(), host=host, instance=s)
+
+
+def plug(manager: ComputeManager, s: InstanceSpec, event_type: str = "port.vif_plugged") -> None:
+    for p in s.ports:
+        manager.on_vif_event(event_type, VifEvent(host=HOST, port_id=p.id, reason="test"))
+
+
+def delete(manager: ComputeManager, iid: uuid.UUID) -> None:
+    manager.delete_instance(
+        {}, payload=DeleteInstance(request_id=new_request_id(), host=HOST, instance_uuid=iid)
+    )
+
+
+END = {"instance.create.end", "instance.create.error"}
+
+
+def foreign_untouched(hv: Hypervisor) -> None:
+    dom = hv.get(FOREIGN)
+    assert dom is not None and dom.active and dom.name == "not-ours"
+
+
+# ----------------------------------------------------------------------------- builds
+
+
+def test_build_runs_and_is_reported(make: Factory, hv: Hypervisor) -> None:
+    manager, notes = make()
+    s = spec(ports=2)
+    plug(manager, s)  # events before the build: remembered
+    manager.build_instance({}, payload=build_msg(s))
+    end = notes.wait(s.uuid, END)
+    assert end.state == "running" and end.elapsed_ms is not None
+    info = manager.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid))
+    assert info.state == "running" and info.uptime_s is not None and info.uptime_s >= 0
+    assert [p.id for p in info.ports] == [p.id for p in s.ports]
+    assert [i.uuid for i in manager.list_instances({}).instances] == [s.uuid]  # not the foreign one
+    foreign_untouched(hv)
+
+
+def test_same_build_twice_builds_one_guest(make: Factory, hv: Hypervisor) -> None:
+    manager, notes = make()
+    s = spec()
+    msg = build_msg(s)
+    manager.build_instance({}, payload=msg)
+    manager.build_instance({}, payload=msg)  # while the first waits for its vif
+    plug(manager, s)
+    notes.wait(s.uuid, END)
+    manager.build_instance({}, payload=msg)  # after it finished
+    deadline = time.monotonic() + 5
+    while notes.types(s.uuid).count("instance.create.end") < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ends = [p for t, p in notes.of(s.uuid) if t == "instance.create.end"]
+    assert [e.step for e in ends] == [None, "already_built"]
+    assert (
+        notes.types(s.uuid).count("instance.create.start") == 2
+    )  # the in-flight duplicate never began
+    assert len(manager.list_instances({}).instances) == 1
+
+
+def test_builds_run_in_parallel_up_to_the_bound(make: Factory) -> None:
+    manager, notes = make(max_concurrent_builds=3)
+    specs = [spec() for _ in range(7)]
+    for s in specs:
+        manager.build_instance({}, payload=build_msg(s))
+    time.sleep(0.3)
+    started = [s for s in specs if "instance.create.start" in notes.types(s.uuid)]
+    assert len(started) == 3  # the others wait their turn
+    for s in specs:
+        plug(manager, s)
+    for s in specs:
+        assert notes.wait(s.uuid, END).state == "running"
+    assert len(manager.list_instances({}).instances) == 7
+
+
+def test_vif_timeout_not_fatal_starts_anyway(make: Factory) -> None:
+    manager, notes = make(vif_plugging_timeout=0.2, vif_plugging_is_fatal=False)
+    s = spec()
+    manager.build_instance({}, payload=build_msg(s))
+    assert notes.wait(s.uuid, END).state == "running"
+    assert manager.metrics.vif_plugging_timeouts._value.get() == 1
+
+
+def test_unknown_image_and_flavor_fail_without_leftovers(make: Factory, tmp_path: Path) -> None:
+    manager, notes = make()
+    for s, problem in (
+        (spec(image="nope"), "'nope' not found"),
+        (spec(flavor="m9.huge"), "'m9.huge'"),
+    ):
+        manager.build_instance({}, payload=build_msg(s))
+        err = notes.wait(s.uuid, END)
+        assert err.state == "error" and problem in (err.reason or "")
+        with pytest.raises(InstanceNotFound):
+            manager.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid))
+        assert not (tmp_path / "instances" / str(s.uuid)).exists()
+
+
+def test_build_with_a_foreign_domains_uuid_touches_nothing(make: Factory, hv: Hypervisor) -> None:
+    manager, notes = make()
+    s = spec(ports=0).model_copy(update={"uuid": FOREIGN})
+    manager.build_instance({}, payload=build_msg(s))
+    err = notes.wait(FOREIGN, END)
+    assert "not managed by this agent" in (err.reason or "")
+    foreign_untouched(hv)
+
+
+# ----------------------------------------------------------------------------- delete
+
+
+def test_delete_racing_a_build_leaves_nothing(
+    make: Factory, hv: Hypervisor, tmp_path: Path
+) -> None:
+    manager, notes = make()
+    for delay in (0.0, 0.001, 0.003, 0.01, 0.03):
+        s = spec()
+        manager.build_instance({}, payload=build_msg(s))
+        threading.Timer(delay / 2, plug, (manager, s)).start()
+        time.sleep(delay)
+        delete(manager, s.uuid)
+        notes.wait(s.uuid, {"instance.delete.end"})
+        notes.wait(s.uuid, END)
+        time.sleep(0.02)
+        assert hv.get(s.uuid) is None, f"domain left behind (delay {delay})"
+        assert not (tmp_path / "instances" / str(s.uuid)).exists()
+        # A late duplicate of the build must not resurrect it.
+        manager.build_instance({}, payload=build_msg(s))
+        time.sleep(0.05)
+        assert hv.get(s.uuid) is None
+    foreign_untouched(hv)
+
+
+def test_delete_while_waiting_for_vifs_ends_the_build_at_once(
+    make: Factory, hv: Hypervisor
+) -> None:
+    manager, notes = make(vif_plugging_timeout=30)
+    s = spec()
+    manager.build_instance({}, payload=build_msg(s))
+    notes.wait(s.uuid, {"instance.create.start"})
+    start = time.monotonic()
+    delete(manager, s.uuid)
+    err = notes.wait(s.uuid, END)
+    assert time.monotonic() - start < 2
+    assert err.state == "error" and "deleted while building" in (err.reason or "")
+    assert hv.get(s.uuid) is None
+    assert notes.types(s.uuid)[-1] == "instance.delete.end"
+
+
+def test_delete_running_and_unknown(make: Factory, hv: Hypervisor, tmp_path: Path) -> None:
+    manager, notes = make()
+    s = spec(ports=0)
+    manager.build_instance({}, payload=build_msg(s))
+    notes.wait(s.uuid, END)
+    assert (tmp_path / "instances" / str(s.uuid) / "disk.qcow2").exists()
+    delete(manager, s.uuid)
+    end = notes.wait(s.uuid, {"instance.delete.end"})
+    assert end.reason is None and hv.get(s.uuid) is None
+    assert not (tmp_path / "instances" / str(s.uuid)).exists()
+    unknown = uuid.uuid4()
+    delete(manager, unknown)
+    noop = notes.wait(unknown, {"instance.delete.end"})
+    assert "nothing to delete" in (noop.reason or "")
+
+
+def test_delete_refuses_a_foreign_domain(make: Factory, hv: Hypervisor) -> None:
+    manager, notes = make()
+    delete(manager, FOREIGN)
+    err = notes.wait(FOREIGN, {"instance.delete.error", "instance.delete.end"})
+    assert "does not own" in (err.reason or "")
+    foreign_untouched(hv)
+
+
+# ----------------------------------------------------------------------------- reboot, console
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_reboot(make: Factory, hard: bool) -> None:
+    manager, notes = make()
+    s = spec(ports=0)
+    manager.build_instance({}, payload=build_msg(s))
+    notes.wait(s.uuid, END)
+    manager.reboot_instance(
+        {},
+        payload=RebootInstance(
+            request_id=new_request_id(), host=HOST, instance_uuid=s.uuid, hard=hard
+        ),
+    )
+    end = notes.wait(s.uuid, {"instance.reboot.end", "instance.reboot.error"})
+    assert end.state == "running", end.reason
+    assert manager.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid)).state == "running"
+
+
+def test_reboot_unknown_is_an_error_event(make: Factory) -> None:
+    manager, notes = make()
+    unknown = uuid.uuid4()
+    manager.reboot_instance(
+        {}, payload=RebootInstance(request_id=new_request_id(), host=HOST, instance_uuid=unknown)
+    )
+    err = notes.wait(unknown, {"instance.reboot.error"})
+    assert "not on this host" in (err.reason or "")
+
+
+def test_console_log_tail(make: Factory, tmp_path: Path) -> None:
+    manager, notes = make()
+    s = spec(ports=0)
+    manager.build_instance({}, payload=build_msg(s))
+    notes.wait(s.uuid, END)
+    console = tmp_path / "instances" / str(s.uuid) / "console.log"
+    console.write_bytes(b"x" * 200 * 1024 + b"\nAGENTS-GUEST-READY name=a\n")
+    log = manager.get_console_log({}, payload=InstanceRef(instance_uuid=s.uuid))
+    assert len(log.text) == 100 * 1024 and log.truncated and log.text.endswith("READY name=a\n")
+    short = manager.get_console_log({}, payload=InstanceRef(instance_uuid=s.uuid, max_bytes=8))
+    assert short.text == " name=a\n"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        "garbage",
+        42,
+        ["a", "list"],
+        {"schema": "build_instance", "version": "7.0", "data": {}},
+        {"schema": "no_such_thing", "version": "1.0", "data": {}},
+        {"schema": "build_instance", "version": "1.0", "data": "not an object"},
+    ],
+)
+def test_malformed_build_is_rejected_and_the_manager_keeps_working(
+    make: Factory, payload: object
+) -> None:
+    manager, notes = make()
+    manager.build_instance({}, payload=payload, unexpected="kwarg")
+    assert [t for _, t, _ in notes.events] == ["agent.message_rejected"]
+    s = spec(ports=0)
+    manager.build_instance({}, payload=build_msg(s))
+    assert notes.wait(s.uuid, END).state == "running"
+
+
+@pytest.mark.parametrize(
+    "field,value,problem",
+    [
+        ("name", "x</name><devices>", "instance.name"),
+        ("name", "a" * 64, "instance.name"),
+        ("flavor", "m1 tiny", "instance.flavor"),
+        ("ports", [{"id": "x"}], "instance.ports.0"),
+        ("mac", "01:00:5e:00:00:01", "multicast"),
+        ("mtu", 20000, "mtu"),
+    ],
+)
+def test_invalid_field_reports_create_error_for_the_salvaged_uuid(
+    make: Factory, hv: Hypervisor, field: str, value: object, problem: str
+) -> None:
+    manager, notes = make()
+    s = spec()
+    raw = envelope(build_msg(s))
+    if field in ("mac", "mtu"):
+        raw["data"]["instance"]["ports"][0][field] = value
+    else:
+        raw["data"]["instance"][field] = value
+    manager.build_instance({}, payload=raw)
+    err = notes.wait(s.uuid, {"instance.create.error"})
+    assert problem in (err.reason or "")
+    assert hv.get(s.uuid) is None
+
+
+def test_build_for_another_host_is_rejected(make: Factory, hv: Hypervisor) -> None:
+    manager, notes = make()
+    s = spec(ports=0)
+    manager.build_instance({}, payload=build_msg(s, host="elsewhere"))
+    err = notes.wait(s.uuid, {"instance.create.error"})
+    assert "addressed to host 'elsewhere'" in (err.reason or "")
+    assert hv.get(s.uuid) is None
+
+
+def test_malformed_vif_events_are_ignored(make: Factory) -> None:
+    manager, notes = make()
+    manager.on_vif_event("port.vif_plugged", {"port_id": "nope"})
+    manager.on_vif_event("port.vif_plugged", None)
+    manager.on_vif_event("something.else", "x")
+    assert manager.metrics.rpc_errors.labels("vif_event")._value.get() == 2
+
+
+# ----------------------------------------------------------------------------- stop, reconcile
+
+
+def test_sigterm_drain_fails_waiting_builds_visibly_and_durably(
+    make: Factory, hv: Hypervisor
+) -> None:
+    manager, notes = make(vif_plugging_timeout=60, max_concurrent_builds=1)
+    waiting, queued, finishing = spec(), spec(), spec()
+    for s in (waiting, queued):
+        manager.build_instance({}, payload=build_msg(s))
+    notes.wait(waiting.uuid, {"instance.create.start"})
+    start = time.monotonic()
+    manager.drain(grace=0.3)
+    assert time.monotonic() - start < 3
+    for s in (waiting, queued):
+        err = notes.wait(s.uuid, END)
+        assert err.state == "error" and "agent stopped" in (err.reason or ""), err
+    # After a restart (a new manager on the same libvirt), the instances say why.
+    again, _ = make()
+    for s in (waiting, queued):
+        info = again.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid))
+        assert info.state == "error" and "agent stopped" in (info.fault or "")
+    assert again.reconcile()["error"] == 2
+    # A build finishing inside the grace completes.
+    other, notes2 = make(vif_plugging_timeout=60)
+    other.build_instance({}, payload=build_msg(finishing))
+    notes2.wait(finishing.uuid, {"instance.create.start"})
+    threading.Timer(0.2, plug, (other, finishing)).start()
+    other.drain(grace=5)
+    assert notes2.wait(finishing.uuid, END).state == "running"
+
+
+def test_reconcile_finishes_cleans_and_never_touches_foreign(
+    make: Factory, hv: Hypervisor, tmp_path: Path, image_dir: Path
+) -> None:
+    first, notes = make()
+    running = spec(ports=0)
+    first.build_instance({}, payload=build_msg(running))
+    notes.wait(running.uuid, END)
+    # Half-built: defined by a build that died before starting it.
+    half = spec(ports=0)
+    store = ImageStore(image_dir, tmp_path / "instances")
+    store.prepare_instance_dir(half.uuid)
+    xml = driver.get_guest_xml(
+        half,
+        {"m1.tiny": Flavor(vcpus=1, memory_mb=128)},
+        store.resolve("tiny"),
+        driver.InstancePaths(
+            console_log=store.console_log_path(half.uuid),
+            disk=store.create_overlay(half.uuid, store.resolve("tiny"), 1),
+        ),  # type: ignore[arg-type]
+        {},
+        "test",
+    )
+    hv.define(half.uuid, xml)
+    # Orphan: files of a build that died before defining its domain.
+    orphan = uuid.uuid4()
+    store.prepare_instance_dir(orphan)
+    foreign_xml = hv.get(FOREIGN).xml  # type: ignore[union-attr]
+
+    second, notes2 = make()
+    counts = second.reconcile()
+    assert counts == {
+        "running": 1,
+        "stopped": 0,
+        "error": 0,
+        "finished": 1,
+        "failed": 0,
+        "orphans": 1,
+    }
+    assert hv.get(half.uuid).active  # type: ignore[union-attr]
+    assert notes2.wait(half.uuid, {"instance.create.end"}).step == "reconciled"
+    assert notes2.wait(orphan, {"instance.create.error"}).state == "error"
+    assert not store.instance_dir(orphan).exists()
+    foreign_untouched(hv)
+    assert hv.get(FOREIGN).xml == foreign_xml  # type: ignore[union-attr]
+    assert second.reconcile()["running"] == 2
