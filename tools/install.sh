@@ -52,6 +52,9 @@ POLICY=agents-notifications
 POLICY_PATTERN='^(agents_events|vif_events)\.'
 POLICY_DEFINITION='{"max-length":10000,"message-ttl":3600000}'
 
+SRC_COPY=""
+trap 'rm -rf "${SRC_COPY:-/nonexistent}"' EXIT
+
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "install.sh: $*"; }
 
@@ -116,7 +119,12 @@ install_venv() {
     # A checkout is always rebuilt and reinstalled, so an upgrade picks up new code;
     # dependencies already satisfied are left alone. libvirt-python may build from
     # source: it needs libvirt-dev, pkg-config, gcc and python3-dev.
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$REPO" \
+    # Built from a clean copy: setuptools would otherwise leave build/ and *.egg-info in
+    # the checkout, and a stale build/lib can put deleted modules into the wheel.
+    SRC_COPY="$(mktemp -d)"
+    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
+        --exclude=./tests --exclude=__pycache__ -cf - . | tar -C "$SRC_COPY" -xf -
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC_COPY" \
         || die "pip install failed (libvirt-python needs: apt-get install libvirt-dev pkg-config gcc python3-dev)"
     mkdir -p "$ROOT/usr/local/bin"
     for script in "${SCRIPTS[@]}"; do
