@@ -6,14 +6,29 @@ the call API (ping, list_instances, get_instance, get_console_log).
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agents.compute.__main__ import agent_version
 from common.errors import RemoteError
-from common.messages import InstanceInfo, InstanceList, InstanceRef, PingReply
+from common.messages import (
+    AgentHeartbeat,
+    BuildInstance,
+    InstanceInfo,
+    InstanceList,
+    InstanceRef,
+    PingReply,
+    envelope,
+)
+from tests.hosts import console_script
 
 from .conftest import Controller, Deployment, write_config
 
@@ -107,3 +122,87 @@ def test_get_instance_of_unknown_uuid_is_a_remote_error(
     agent_factory(write_config(deployment, image_dir))
     with pytest.raises(RemoteError, match="not on this host"):
         controller.compute.call("get_instance", InstanceRef(instance_uuid=uuid.uuid4()))
+
+
+def test_sigterm_with_a_build_in_flight_reports_it_and_exits_0(
+    deployment: Deployment, controller: Controller, image_dir: Path, agent_factory: Any
+) -> None:
+    agent = agent_factory(
+        write_config(deployment, image_dir, vif_plugging_timeout=60, stop_grace=1)
+    )
+    spec = controller.spec(ports=1)
+    controller.build(spec)
+    controller.wait_event(spec.uuid, {"instance.create.start"})
+    start = time.monotonic()
+    assert agent.stop(signal.SIGTERM, timeout=20) == 0, agent.output()
+    assert time.monotonic() - start < 10
+    err = controller.wait_event(spec.uuid, {"instance.create.end", "instance.create.error"})
+    assert err.event_type == "instance.create.error"
+    assert "agent stopped before the build completed" in err.payload.reason
+
+
+def test_malformed_casts_over_the_wire_are_reported_and_survived(
+    deployment: Deployment, controller: Controller, image_dir: Path, agent_factory: Any
+) -> None:
+    agent_factory(write_config(deployment, image_dir))
+    raw_client = controller.compute._client  # bypass our own validation on purpose
+    victim = uuid.uuid4()
+    bad = envelope(
+        BuildInstance(request_id="req-x", host=deployment.host, instance=controller.spec())
+    )
+    bad["data"]["instance"]["uuid"] = str(victim)
+    bad["data"]["instance"]["name"] = "<evil name & 'quotes'>"
+    raw_client.cast({}, "build_instance", payload=bad)
+    raw_client.cast({}, "build_instance", payload="garbage")
+    raw_client.cast({}, "build_instance")
+    raw_client.cast({}, "no_such_method", payload=1)
+    raw_client.cast({}, "delete_instance", payload={"instance_uuid": "not-a-uuid"})
+    err = controller.wait_event(victim, {"instance.create.error"})
+    assert "instance.name" in err.payload.reason
+    # Still consuming: a good build after the bad ones works.
+    spec = controller.spec(ports=0)
+    controller.build(spec)
+    end = controller.wait_event(spec.uuid, {"instance.create.end", "instance.create.error"})
+    assert end.event_type == "instance.create.end"
+    rejected = [e for e in controller.events if e.event_type == "agent.message_rejected"]
+    assert len(rejected) >= 3
+
+
+def test_metrics_and_heartbeat(
+    deployment: Deployment, controller: Controller, image_dir: Path, agent_factory: Any
+) -> None:
+    agent = agent_factory(write_config(deployment, image_dir))
+    spec = controller.spec(ports=0)
+    controller.build(spec)
+    controller.wait_event(spec.uuid, {"instance.create.end"})
+    controller.compute._client.cast({}, "report_state")
+    beat = None
+    deadline = time.monotonic() + 10
+    while beat is None and time.monotonic() < deadline:
+        controller.events += controller.watcher.poll(0.2)
+        beat = next((e for e in controller.events if e.event_type == "agent.heartbeat"), None)
+    assert beat is not None
+    assert isinstance(beat.payload, AgentHeartbeat)
+    assert beat.payload.kind == "compute" and beat.payload.host == deployment.host
+    assert beat.payload.version == agent_version() and beat.payload.uptime_s > 0
+    assert beat.publisher_id == f"compute.{deployment.host}"
+
+    port = next(
+        json.loads(line)["port"]
+        for line in agent.output().splitlines()
+        if '"metrics_serving"' in line
+    )
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    assert 'compute_agent_builds_total{result="ok"} 1.0' in text
+    assert 'compute_agent_build_step_seconds_count{step="total"} 1.0' in text
+    assert 'compute_agent_build_step_seconds_count{step="define"} 1.0' in text
+    assert "compute_agent_vif_plugging_timeouts_total 0.0" in text
+    assert "compute_agent_reconcile_total" in text or "compute_agent_instances" in text
+
+
+def test_version_flag() -> None:
+    done = subprocess.run(
+        [console_script("compute-agent"), "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stdout.strip() == f"compute-agent {agent_version()}"

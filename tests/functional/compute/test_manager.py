@@ -455,7 +455,7 @@ def test_build_for_another_host_is_rejected(make: Factory, hv: Hypervisor) -> No
 
 
 def test_malformed_vif_events_are_ignored(make: Factory) -> None:
-    manager, notes = make()
+    manager, _notes = make()
     manager.on_vif_event("port.vif_plugged", {"port_id": "nope"})
     manager.on_vif_event("port.vif_plugged", None)
     manager.on_vif_event("something.else", "x")
