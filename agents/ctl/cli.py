@@ -13,6 +13,7 @@ itself: everything goes through `agents.ctl.client.Client`.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -46,6 +47,7 @@ from common.errors import (
 if TYPE_CHECKING:
     from agents.ctl.client import Client, Outcome
     from agents.ctl.progress import Update
+    from agents.ctl.settings import CtlConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -455,9 +457,14 @@ def cmd_watch(client: Client, args: argparse.Namespace, ui: Ui) -> int:
 
     if args.duration is not None and args.duration <= 0:
         raise InvalidInput(field="--duration", value=args.duration, problem="must be more than 0")
-    if not ui.json:
-        ui.note("watching events (Ctrl-C to stop)")
-    for ev in client.watch(args.host, args.instance, duration=args.duration):
+    # the note goes to stderr in both modes: it tells a script the watch is bound
+    events = client.watch(
+        args.host,
+        args.instance,
+        duration=args.duration,
+        on_ready=lambda: ui.note("watching events (Ctrl-C to stop)"),
+    )
+    for ev in events:
         print(to_json(event_json(ev)) if ui.json else event_line(ev), file=ui.out, flush=True)
     return EXIT_OK
 
@@ -530,15 +537,35 @@ def main(
 def _run(args: argparse.Namespace, ui: Ui) -> int:
     import structlog
 
-    from agents.ctl.client import Client
     from agents.ctl.settings import CtlConfig, config_files
     from common import logging as agents_logging
     from common.config import load
 
     files = config_files(args.config_file)
     config = load(CtlConfig, files)
+    _precheck(args, config)
     agents_logging.setup("DEBUG" if args.debug else "WARNING", "console")
     # stdout carries results (and JSON for scripts); logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    from agents.ctl.client import Client  # imports oslo.messaging: about a second of CPU
+
     with Client.from_config(config, on_warning=ui.warn) as client:
         return _dispatch(args)(client, args, ui)
+
+
+def _precheck(args: argparse.Namespace, config: CtlConfig) -> None:
+    """Refuse bad input before loading the messaging stack, so a typo is answered at once.
+
+    The client checks the same again (it is an API of its own); this only makes it fast.
+    """
+    from agents.ctl import plan
+
+    if getattr(args, "host", None):
+        plan.check_host(args.host)
+    if args.command == "send" and args.operation == "build":
+        plan.pick_flavor(config, args.flavor)
+        plan.pick_networks(config, args.network)
+        plan.instance_names(args.name, args.count, random.Random())
+        plan.check_name("--image", args.image or config.agentctl.default_image)
+    if getattr(args, "timeout", None) is not None and args.timeout <= 0:
+        raise InvalidInput(field="--timeout", value=args.timeout, problem="must be more than 0")

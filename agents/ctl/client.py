@@ -532,16 +532,23 @@ class Client:
     # ----------------------------------------------------------------- watch
 
     def watch(
-        self, host: str | None = None, instance: str | None = None, duration: float | None = None
+        self,
+        host: str | None = None,
+        instance: str | None = None,
+        duration: float | None = None,
+        on_ready: Callable[[], None] | None = None,
     ) -> Iterator[Event]:
         """Every instance, port and agent event (filtered), as it arrives.
 
-        Runs for `duration` seconds, or until the caller stops iterating.
+        Runs for `duration` seconds, or until the caller stops iterating. `on_ready` is
+        called once the private queue is bound: no event after that moment is missed.
         """
         self.check_broker()
         vif_key = f"{vif_events_topic(planning.check_host(host))}.*" if host else "vif_events.#"
         wanted = _as_uuid(instance) if instance else None
         with watching(self.config.messaging, [self._events_key, vif_key]) as watcher:
+            if on_ready is not None:
+                on_ready()
             deadline = None if duration is None else self.clock() + duration
             while deadline is None or (left := deadline - self.clock()) > 0:
                 for ev in watcher.poll(0.5 if deadline is None else min(left, 0.5)):

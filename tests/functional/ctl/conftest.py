@@ -98,7 +98,7 @@ class Deployment:
             "[metrics]\nlisten = 127.0.0.1:0\n"
             "[compute]\nlibvirt_uri = test:///default\ndomain_type = test\n"
             f"image_dir = {images}\ninstances_dir = {self.tmp / f'instances-{short}'}\n"
-            f"vif_plugging_timeout = {vif_timeout}\nvif_plugging_is_fatal = true\n"
+            f"vif_plugging_timeout = {vif_timeout}\nvif_plugging_is_fatal = true\nstop_grace = 2\n"
         )
         l2_conf = self.tmp / f"l2-{short}.conf"
         l2_conf.write_text(
