@@ -136,6 +136,16 @@ class Deployment:
     def env(self) -> dict[str, str]:
         return {**os.environ, "XDG_STATE_HOME": str(self.tmp / "agentctl-state")}
 
+    def stop_all(self) -> None:
+        """SIGTERM every agent of every host at once, then wait (faster than host by host)."""
+        procs = [p for h in self.hosts.values() for p in h.procs.values()]
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=15)  # NamespaceHost.close() kills what is left
+
     def consumers(self, queue: str) -> int:
         import kombu
 
@@ -168,7 +178,10 @@ def deployment(root: None, broker_scope: BrokerScope, tmp_path: Path) -> Iterato
     with contextlib.ExitStack() as stack:
         dep = Deployment(broker_scope, tmp_path, shared, ctl, logs, stack)
         started = time.monotonic()
-        yield dep
+        try:
+            yield dep
+        finally:
+            dep.stop_all()
         print(f"deployment lived {time.monotonic() - started:.1f}s")
         print(dep.log_text())  # pytest shows it only for a failed test
 
