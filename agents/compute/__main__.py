@@ -16,6 +16,7 @@ import structlog
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.images import ImageStore
 from agents.compute.manager import ComputeManager
+from agents.compute.reporter import Reporter
 from agents.compute.service import ComputeService
 from agents.compute.settings import ComputeConfig
 from agents.compute.telemetry import ComputeMetrics
@@ -78,12 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = Registry("compute_agent")
     metrics = ComputeMetrics(registry)
     hypervisor = Hypervisor(settings.libvirt_uri)
+    reporter = Reporter(
+        messaging.notifier(f"compute.{host}", config.messaging.events_topic), host=host
+    )
     manager = ComputeManager(
         config=config,
         hypervisor=hypervisor,
         images=ImageStore(settings.image_dir, settings.instances_dir),
         waiter=VifWaiter(retention=settings.vif_event_retention),
-        notifier=messaging.notifier(f"compute.{host}", config.messaging.events_topic),
+        reporter=reporter,
         metrics=metrics,
         version=agent_version(),
     )
@@ -95,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = ComputeService(
         manager=manager,
         hypervisor=hypervisor,
+        reporter=reporter,
         messaging=messaging,
         registry=registry,
         metrics_listen=config.metrics.listen,

@@ -21,7 +21,6 @@ Facts it relies on (PLATFORM.md):
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
@@ -30,6 +29,7 @@ import libvirt
 import structlog
 
 from agents.compute.errors import HypervisorError, HypervisorUnavailable
+from agents.compute.records import Domain
 from common.messages import InstanceState
 
 log = structlog.get_logger()
@@ -55,15 +55,6 @@ group = "root"
 swtpm_user = "root"
 swtpm_group = "root"
 """
-
-
-@dataclass(frozen=True)
-class Domain:
-    uuid: UUID
-    name: str
-    state: InstanceState
-    active: bool
-    xml: str  # the inactive (persistent) definition, with our metadata
 
 
 def embed_root(uri: str) -> Path | None:

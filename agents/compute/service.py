@@ -20,6 +20,7 @@ import structlog
 
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.manager import ComputeManager, VifEventEndpoint
+from agents.compute.reporter import Reporter
 from common.metrics import Registry
 from common.rpc import COMPUTE_TOPIC, Messaging, RpcServer, vif_events_topic
 
@@ -31,6 +32,7 @@ class ComputeService:
         self,
         manager: ComputeManager,
         hypervisor: Hypervisor,
+        reporter: Reporter,
         messaging: Messaging,
         registry: Registry,
         metrics_listen: str,
@@ -39,6 +41,7 @@ class ComputeService:
     ) -> None:
         self.manager = manager
         self.hypervisor = hypervisor
+        self.reporter = reporter
         self.messaging = messaging
         self.registry = registry
         self.metrics_listen = metrics_listen
@@ -90,6 +93,7 @@ class ComputeService:
         self._stop_heartbeat.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
+        self.reporter.close()
         self.registry.close()
         self.messaging.close()
         self.hypervisor.close()

@@ -22,6 +22,7 @@ from agents.compute.errors import InstanceNotFound
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.images import ImageStore
 from agents.compute.manager import ComputeManager
+from agents.compute.reporter import Reporter
 from agents.compute.settings import ComputeConfig, ComputeSettings
 from agents.compute.telemetry import ComputeMetrics
 from agents.compute.waiter import VifWaiter
@@ -151,7 +152,7 @@ def make(hv: Hypervisor, image_dir: Path, tmp_path: Path) -> Iterator[Factory]:
             hypervisor=hv,
             images=ImageStore(image_dir, settings.instances_dir),
             waiter=VifWaiter(),
-            notifier=notifier,
+            reporter=Reporter(notifier, HOST),
             metrics=ComputeMetrics(Registry("t")),
             version="9.9-test",
         )
@@ -412,10 +413,10 @@ def test_malformed_build_is_rejected_and_the_manager_keeps_working(
 ) -> None:
     manager, notes = make()
     manager.build_instance({}, payload=payload, unexpected="kwarg")
-    assert [t for _, t, _ in notes.events] == ["agent.message_rejected"]
     s = spec(ports=0)
     manager.build_instance({}, payload=build_msg(s))
     assert notes.wait(s.uuid, END).state == "running"
+    assert next(t for _, t, _ in notes.events) == "agent.message_rejected"
 
 
 @pytest.mark.parametrize(

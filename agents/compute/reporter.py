@@ -1,0 +1,130 @@
+"""Instance and agent notifications, published off the build path.
+
+It owns turning "instance X reached step Y" into an `InstanceEvent` and handing it to
+the notifier. Publishing costs about 1-1.5 ms per notification on the broker here, five
+per build; a build must not wait for that, so events are queued and published by
+sender threads. Events of one instance always go to the same sender, so they arrive in
+the order they happened; `flush()` (on stop) waits until everything queued is sent.
+
+It must not decide what is reported (the manager and the build pipeline do), and it
+never raises into its callers: a notification that cannot be sent is logged.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+from uuid import UUID
+
+import structlog
+
+from common.messages import InstanceEvent, InstanceState, Message
+
+log = structlog.get_logger()
+
+
+class Notifier(Protocol):
+    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None: ...
+    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None: ...
+
+
+_Item = tuple[str, str, Message, str | None] | None  # priority, event type, payload, request id
+
+
+class Reporter:
+    def __init__(
+        self,
+        notifier: Notifier,
+        host: str,
+        senders: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self._notifier = notifier
+        self._clock = clock
+        self._queues: list[queue.Queue[_Item]] = [queue.Queue() for _ in range(senders)]
+        self._threads = [
+            threading.Thread(target=self._send_loop, args=(q,), name=f"notify-{i}", daemon=True)
+            for i, q in enumerate(self._queues)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # ------------------------------------------------------------------ producers
+
+    def instance(
+        self,
+        event_type: str,
+        uuid: UUID,
+        request_id: str | None,
+        *,
+        error: bool = False,
+        state: InstanceState | None = None,
+        step: str | None = None,
+        reason: str | None = None,
+        name: str | None = None,
+        since: float | None = None,
+    ) -> None:
+        """Queue an instance.* event; `since` (monotonic) fills elapsed_ms."""
+        if error and state is None:
+            state = "error"
+        elapsed = round((self._clock() - since) * 1000, 3) if since is not None else None
+        event = InstanceEvent(
+            request_id=request_id,
+            host=self.host,
+            instance_uuid=uuid,
+            name=name,
+            state=state,
+            step=step,
+            reason=reason,
+            elapsed_ms=elapsed,
+        )
+        self._put(uuid.int, "error" if error else "info", event_type, event, request_id)
+
+    def agent(self, event_type: str, payload: Message, error: bool = False) -> None:
+        """Queue an agent.* event (heartbeat, message_rejected)."""
+        self._put(0, "error" if error else "info", event_type, payload, None)
+
+    def _put(
+        self, key: int, priority: str, event_type: str, payload: Message, rid: str | None
+    ) -> None:
+        self._queues[key % len(self._queues)].put((priority, event_type, payload, rid))
+
+    # ------------------------------------------------------------------ senders
+
+    def _send_loop(self, q: queue.Queue[_Item]) -> None:
+        while True:
+            item = q.get()
+            try:
+                if item is None:
+                    return
+                priority, event_type, payload, rid = item
+                send = self._notifier.error if priority == "error" else self._notifier.info
+                send(event_type, payload, request_id=rid)
+            except Exception as err:  # a lost notification must not kill the sender
+                log.exception("notify_failed", event_type=item[1] if item else None, error=str(err))
+            finally:
+                q.task_done()
+
+    def pending(self) -> int:
+        return sum(q.qsize() for q in self._queues)
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued event was handed to the notifier; False on timeout."""
+        deadline = self._clock() + timeout
+        while self.pending() or any(q.unfinished_tasks for q in self._queues):
+            if self._clock() > deadline:
+                log.warning("notify_flush_timeout", pending=self.pending())
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.flush(timeout)
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join(timeout=1)
