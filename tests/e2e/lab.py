@@ -211,25 +211,10 @@ class LabHost:
         return self.sh("ping", "-c", "1", "-W", wait, address, check=False).returncode == 0
 
     def qemu_pids(self) -> list[int]:
-        """QEMU processes of this host's embed root (nobody else's)."""
-        marker = str(self.embed_root).encode() + b"/"
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and b"qemu-system" in argv[0] and any(marker in a for a in argv):
-                pids.append(int(entry.name))
-        return sorted(pids)
+        return qemu_pids(self.embed_root)
 
     def kill_guests(self) -> None:
-        for pid in self.qemu_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not self.qemu_pids(), 10, 0.1, what=f"QEMU of {self.name} to exit")
+        kill_guests(self.embed_root)
 
     def logs(self, tail: int = 6000) -> str:
         return "\n".join(
@@ -248,6 +233,30 @@ class LabHost:
                 self.kill_guests()
             finally:
                 self.ns.close()
+
+
+def qemu_pids(embed_root: Path) -> list[int]:
+    """QEMU processes of one embed root (nobody else's): libvirt puts paths under the
+    root (monitor socket, pid file, logs) on QEMU's command line."""
+    marker = str(embed_root).encode() + b"/"
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(marker in a for a in argv):
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def kill_guests(embed_root: Path) -> None:
+    for pid in qemu_pids(embed_root):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not qemu_pids(embed_root), 10, 0.1, what=f"QEMU of {embed_root} to exit")
 
 
 # --------------------------------------------------------------------------- links
