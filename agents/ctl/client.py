@@ -345,6 +345,8 @@ class Client:
                 return outcome
             deadline = started + (timeout or self.config.agentctl.wait_timeout)
             outcome.timed_out = not self._follow(watcher, [tracker], deadline, on_update)
+        if plan.allocated:
+            self._give_up_clashing_addresses(plan, tracker, on_update)
         if tracker.failed and l2_state.exists:
             # Nothing stays wired for an instance that will never use its ports.
             self._delete_ports(
@@ -352,6 +354,35 @@ class Client:
             )
         outcome.elapsed_s = self.clock() - started
         return outcome
+
+    def _give_up_clashing_addresses(
+        self, plan: planning.BuildPlan, tracker: Tracker, on_update: OnUpdate
+    ) -> None:
+        """Another agentctl may have handed out the same address at the same moment.
+
+        Our ports are recorded now (the instances run), so we look again; an instance
+        whose address another port also holds is deleted and reported failed.
+        """
+        running = list(tracker.succeeded)
+        if not running:
+            return
+        mine = [p for i in running for p in plan.ports_of(i.uuid)]
+        clashes = planning.conflicts(self._gather_ports(sorted({*plan.l2_hosts, plan.host})), mine)
+        for inst in running:
+            clashing = [p for p in plan.ports_of(inst.uuid) if p.id in clashes]
+            if not clashing:
+                continue
+            port = clashing[0]
+            reason = (
+                f"address {port.fixed_ip} was given at the same time to port(s) "
+                f"{', '.join(map(str, clashes[port.id]))} (another agentctl?); instance deleted,"
+                " build it again"
+            )
+            on_update(tracker.fail(inst.uuid, reason))
+            msg = DeleteInstance(
+                request_id=plan.request_id, host=plan.host, instance_uuid=inst.uuid
+            )
+            self._rpc("compute", plan.host).cast("delete_instance", msg, request_id=plan.request_id)
 
     def _follow(
         self,

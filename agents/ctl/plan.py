@@ -7,9 +7,9 @@ Fixed IPs without a central database: the l2-agents' port records are the truth 
 which addresses are held on each network, so the caller gathers them (list_ports on
 every live l2-agent) and `allocate()` hands out the lowest free addresses of the
 network's allocation pool, skipping the gateway. Two agentctl runs at the same moment
-can pick the same address (nothing is locked); `duplicates()` finds such pairs once the
-ports are recorded, and by the rule "the port with the lower uuid keeps the address"
-every observer agrees on which of the two builds lost (see docs/agentctl.md).
+can pick the same address (nothing is locked); `conflicts()` finds that once the ports
+are recorded, and the build that sees a conflict gives its instance up (see
+docs/agentctl.md).
 """
 
 from __future__ import annotations
@@ -142,6 +142,11 @@ class BuildPlan:
     # l2-agents whose port records the addresses were allocated against
     l2_hosts: list[str]
 
+    @property
+    def allocated(self) -> bool:
+        """Did any port get a fixed IP (so a race with another agentctl is possible)?"""
+        return any(m.port.fixed_ip is not None for m in self.ports)
+
     def ports_of(self, instance_uuid: UUID) -> list[Port]:
         for build in self.builds:
             if build.instance.uuid == instance_uuid:
@@ -195,19 +200,23 @@ def make_plan(
     )
 
 
-def duplicates(ports: Iterable[PortInfo]) -> dict[UUID, UUID]:
-    """Ports that lost an address race: {losing port id: port id that keeps the address}.
+def conflicts(ports: Iterable[PortInfo], mine: Iterable[Port]) -> dict[UUID, list[UUID]]:
+    """For each of `mine` with an address: the other recorded ports holding the same one.
 
-    Per (network, address), the port with the lowest uuid keeps it; every other port
-    holding the same address is a loser. Deterministic, so every observer agrees.
+    Checked after our ports are recorded (wired), so of two builds that raced for an
+    address the second to check always sees the other; the first may not. Hence the
+    rule: whoever sees a conflict gives the address up. Never both keep it; at worst
+    both give it up and the operator builds again.
     """
-    by_addr: dict[tuple[UUID, IPv4Address], list[UUID]] = {}
+    held: dict[tuple[UUID, IPv4Address], set[UUID]] = {}
     for info in ports:
         if info.port.fixed_ip is not None:
-            by_addr.setdefault((info.port.network_id, info.port.fixed_ip), []).append(info.port.id)
-    losers: dict[UUID, UUID] = {}
-    for ids in by_addr.values():
-        unique_ids = sorted(set(ids), key=str)
-        for loser in unique_ids[1:]:
-            losers[loser] = unique_ids[0]
-    return losers
+            held.setdefault((info.port.network_id, info.port.fixed_ip), set()).add(info.port.id)
+    out: dict[UUID, list[UUID]] = {}
+    for port in mine:
+        if port.fixed_ip is None:
+            continue
+        others = held.get((port.network_id, port.fixed_ip), set()) - {port.id}
+        if others:
+            out[port.id] = sorted(others, key=str)
+    return out

@@ -75,6 +75,13 @@ class Tracker:
     def pending(self) -> list[InstanceProgress]:
         return [i for i in self.instances.values() if i.state == "pending"]
 
+    def fail(self, uuid: UUID, reason: str) -> Update:
+        """Mark an instance failed for a reason found outside its events (an address clash)."""
+        inst = self.instances[uuid]
+        inst.state = "failed"
+        inst.reason = reason
+        return Update(inst.uuid, inst.name, "failed", reason, final=True, ok=False)
+
     def feed(self, event_type: str, payload: object) -> list[Update]:
         if isinstance(payload, InstanceEvent):
             return self._instance_event(event_type, payload)

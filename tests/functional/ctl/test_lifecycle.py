@@ -7,6 +7,7 @@ Checked with independent clients where it matters: iproute2 for the taps.
 from __future__ import annotations
 
 import json
+import subprocess
 from ipaddress import IPv4Address
 
 import pytest
@@ -125,8 +126,61 @@ def test_build_list_show_reboot_delete(deployment: Deployment) -> None:
     )
 
 
-def test_two_builds_with_the_same_name_make_show_ambiguous(deployment: Deployment) -> None:
+def test_concurrent_builds_never_keep_one_address_and_twins_are_ambiguous(
+    deployment: Deployment,
+) -> None:
     node = deployment.add_host("node1")
+    # Two agentctl at once, each listening 4 s for agents before it reads the held
+    # addresses: their windows overlap, so both read before either port is recorded and
+    # pick the same address. Whoever then sees the clash gives its instance up; no two
+    # wired ports may keep one address.
+    slow = deployment.tmp / "slow-discovery.conf"
+    slow.write_text("[agentctl]\ndiscovery_window = 4\n")
+    procs = [
+        subprocess.Popen(
+            deployment.agentctl_cmd(
+                "--json",
+                "send",
+                "build",
+                "--host",
+                node.name,
+                "--name",
+                name,
+                "--wait",
+                config=slow,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=deployment.env(),
+        )
+        for name in ("racer-a", "racer-b")
+    ]
+    results = [(p.communicate(timeout=60), p.returncode) for p in procs]
+    summaries = [json_lines(out)[-1] for (out, _), _ in results]
+    picked = [s["instances"][0]["ports"][0]["fixed_ip"] for s in summaries]
+    print("picked", picked, "exit codes", [code for _, code in results])
+    for ((out, err), code), summary in zip(results, summaries, strict=True):
+        assert code in (0, 1), out + err
+        if code == 1:
+            assert "was given at the same time" in summary["instances"][0]["reason"]
+    assert picked[0] == picked[1], "the discovery windows overlapped: both must pick one address"
+    assert [code for _, code in results] != [0, 0], "both kept the same address"
+
+    def wired_addresses() -> list[str]:
+        res = deployment.agentctl("--json", "ports", "--host", node.name)
+        return [p["port"]["fixed_ip"] for p in json.loads(res.stdout)["ports"]]
+
+    # the loser's port is unwired: every address left is held once
+    wait_for(
+        lambda: len(wired_addresses()) == sum(code == 0 for _, code in results),
+        10,
+        0.3,
+        "losers unwired",
+    )
+    addresses = wired_addresses()
+    assert len(addresses) == len(set(addresses))
+
     for _ in range(2):
         res = deployment.agentctl("send", "build", "--host", node.name, "--name", "twin", "--wait")
         assert res.returncode == 0, res.stdout + res.stderr

@@ -123,8 +123,16 @@ def test_bad_host_and_count_are_refused() -> None:
         plan.instance_names("a", 0, random.Random())
 
 
-def test_duplicates_lower_uuid_keeps_the_address() -> None:
-    low, high = uuid.UUID(int=1), uuid.UUID(int=2)
-    ports = [info("10.10.0.3", port_id=high), info("10.10.0.3", port_id=low), info("10.10.0.4")]
-    assert plan.duplicates(ports) == {high: low}
-    assert plan.duplicates([info("10.10.0.3"), info("10.10.0.3", net=NET2.uuid)]) == {}
+def test_conflicts_name_the_other_holders_of_my_addresses() -> None:
+    a, b, c = uuid.UUID(int=1), uuid.UUID(int=2), uuid.UUID(int=3)
+    recorded = [
+        info("10.10.0.3", port_id=a),
+        info("10.10.0.3", port_id=b),
+        info("10.10.0.4", port_id=c),
+    ]
+    mine = [recorded[1].port, recorded[2].port]
+    # b shares its address with a (whoever sees that gives up); c is alone
+    assert plan.conflicts(recorded, mine) == {b: [a]}
+    # the same address on another network is no conflict; a port without one neither
+    other_net = info("10.10.0.4", net=NET2.uuid)
+    assert plan.conflicts([*recorded, other_net], [recorded[2].port, info(None).port]) == {}
