@@ -258,16 +258,14 @@ class BuildPipeline:
             self._report_duplicate(task, existing)
             return
         xml: str | None = None
-        record: InstanceMetadata | None = None
         try:
             if task.cancelled or self._stopping.is_set():
                 reason = task.cancelled or STOPPED_BEFORE_BEGIN
                 keep = reason != DELETED
-                xml = self._render(task) if keep else None
+                xml = self._render(task)[0] if keep else None
                 raise _Failed(BuildAborted(instance=str(uuid), reason=reason), keep_record=keep)
             t = self.clock()
-            xml = self._render(task)
-            record = parse_guest(xml).metadata
+            xml, record = self._render(task)
             self._observe("prepare", t)
 
             t = self.clock()
@@ -284,10 +282,9 @@ class BuildPipeline:
 
             t = self.clock()
             self.hv.start(uuid)
-            if record is not None:
-                # "started once" is what reconcile tells a half-built domain by.
-                record.started_at = datetime.now(UTC)
-                write_record(self.hv, uuid, record)
+            # "started once" is what reconcile tells a half-built domain by.
+            record.started_at = datetime.now(UTC)
+            write_record(self.hv, uuid, record)
             self._observe("start", t)
             progress("guest_started")
         except _Failed as failed:
@@ -307,7 +304,8 @@ class BuildPipeline:
             "instance.create.end", uuid, rid, state="running", name=spec.name, since=task.received
         )
 
-    def _render(self, task: BuildTask) -> str:
+    def _render(self, task: BuildTask) -> tuple[str, InstanceMetadata]:
+        """Image, disk and the domain XML; also the record it carries (to update later)."""
         spec = task.message.instance
         image = self.images.resolve(spec.image)
         flavor = driver.pick_flavor(self.config.flavors, spec.flavor)
@@ -316,15 +314,11 @@ class BuildPipeline:
         if isinstance(image, DiskImage):
             disk = self.images.create_overlay(spec.uuid, image, flavor.disk_gb)
         paths = driver.InstancePaths(console_log=self.images.console_log_path(spec.uuid), disk=disk)
-        return driver.get_guest_xml(
-            spec,
-            self.config.flavors,
-            image,
-            paths,
-            self._networks,
-            self.settings.domain_type,
-            request_id=task.message.request_id,
+        rid = task.message.request_id
+        xml = driver.get_guest_xml(
+            spec, self.config.flavors, image, paths, self._networks, self.settings.domain_type, rid
         )
+        return xml, driver.instance_metadata(spec, flavor, paths, rid)
 
     def _wait_for_vifs(self, task: BuildTask) -> None:
         try:

@@ -112,8 +112,14 @@ class ImageStore:
 
     def _run(self, image: str, command: str, args: list[str]) -> str:
         try:
+            # Own session: a SIGTERM to the agent's process group (a terminal, a test)
+            # must not kill a qemu-img mid-way; the agent decides when its builds stop.
             done = subprocess.run(
-                [self.qemu_img, command, *args], capture_output=True, text=True, check=False
+                [self.qemu_img, command, *args],
+                capture_output=True,
+                text=True,
+                check=False,
+                start_new_session=True,
             )
         except OSError as err:
             raise ImageToolFailed(image=image, command=command, problem=str(err)) from err

@@ -39,7 +39,7 @@ class Reporter:
         self,
         notifier: Notifier,
         host: str,
-        senders: int = 2,
+        senders: int = 4,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
