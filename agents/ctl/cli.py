@@ -353,6 +353,8 @@ def _outcome_text(outcome: Outcome, timeout: float) -> str:
 def cmd_build(client: Client, args: argparse.Namespace, ui: Ui) -> int:
     from agents.ctl.output import PLAN_HEADERS, instance_result, plan_rows, table
 
+    # before planning: an unknown or dead host is answered without a discovery window
+    client.require_agent("compute", args.host)
     plan = client.plan_build(
         args.host,
         name=args.name,

@@ -525,7 +525,8 @@ class Client:
             finished = self._follow(watcher, [tracker], deadline, on_update)
             if finished and not tracker.failed and ports and l2_up:
                 self._delete_ports(host, ports.values(), request_id)
-                finished = self._follow(watcher, [PortTracker(ports)], deadline, on_update)
+                unplug = PortTracker(ports, info.name)
+                finished = self._follow(watcher, [unplug], deadline, on_update)
             outcome.timed_out = not finished
         outcome.elapsed_s = self.clock() - started
         return outcome

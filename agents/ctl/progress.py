@@ -134,8 +134,9 @@ class Tracker:
 class PortTracker:
     """Waits for the vif_unplugged of a set of ports (after a delete)."""
 
-    def __init__(self, port_ids: Iterable[UUID]) -> None:
+    def __init__(self, port_ids: Iterable[UUID], name: str = "") -> None:
         self.remaining = set(port_ids)
+        self.name = name
 
     @property
     def finished(self) -> bool:
@@ -148,13 +149,24 @@ class PortTracker:
             self.remaining.discard(payload.port_id)
             return [
                 Update(
-                    payload.instance_uuid, "", "port_unwired", payload.device or "", payload.port_id
+                    payload.instance_uuid,
+                    self.name,
+                    "port_unwired",
+                    payload.device or "",
+                    payload.port_id,
                 )
             ]
         if event_type == "port.plug_failed":
             self.remaining.discard(payload.port_id)
             reason = payload.reason or "no reason given"
             return [
-                Update(payload.instance_uuid, "", "port_failed", reason, payload.port_id, ok=False)
+                Update(
+                    payload.instance_uuid,
+                    self.name,
+                    "port_failed",
+                    reason,
+                    payload.port_id,
+                    ok=False,
+                )
             ]
         return []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agents.ctl import cli
+from agents.ctl import settings as cli_settings
 from agents.ctl.errors import AgentDown, UnknownChoice, WaitTimedOut
 from agents.ctl.settings import CtlSettings, config_files, state_dir
 from common.errors import (
@@ -144,3 +145,14 @@ def test_completion_script_is_valid_bash_and_completes_commands(tmp_path: Path) 
     assert "--count" in complete("send", "build", "--")
     assert "--hard" in complete("send", "reboot", "--h")
     assert "bash" in complete("completion", "")
+
+
+def test_sample_config_files_load_together() -> None:
+    from common.config import load
+
+    repo = Path(__file__).resolve().parents[3]
+    config = load(
+        cli_settings.CtlConfig, [repo / "etc" / "shared.conf", repo / "etc" / "agentctl.conf"]
+    )
+    assert config.agentctl.default_flavor in config.flavors
+    assert config.networks and config.agentctl.state_dir is None

@@ -61,8 +61,9 @@ def test_plug_failed_is_reported_but_the_compute_agent_decides() -> None:
 
 
 def test_port_tracker_waits_for_each_unplug() -> None:
-    t = PortTracker([P1, P2])
-    t.feed("port.vif_unplugged", VifEvent(host="node1", port_id=P1))
+    t = PortTracker([P1, P2], name="web")
+    (upd,) = t.feed("port.vif_unplugged", VifEvent(host="node1", port_id=P1, device="tapA"))
+    assert (upd.name, upd.what, upd.detail, upd.port_id) == ("web", "port_unwired", "tapA", P1)
     assert not t.finished
     t.feed("port.vif_plugged", VifEvent(host="node1", port_id=P2))
     assert not t.finished
