@@ -14,7 +14,7 @@ from typing import Any
 from agents.ctl.plan import BuildPlan
 from agents.ctl.progress import InstanceProgress, Update
 from agents.ctl.seen import AgentStatus
-from common.messages import InstanceEvent, InstanceInfo, Message, PortInfo, VifEvent
+from common.messages import AgentHeartbeat, InstanceEvent, InstanceInfo, Message, PortInfo, VifEvent
 from common.rpc import Event
 
 
@@ -215,7 +215,10 @@ def event_line(ev: Event) -> str:
     p = ev.payload
     parts = [stamp, ev.event_type.ljust(26)]
     if isinstance(p, InstanceEvent):
-        parts += [p.host, f"{p.name or '?'} ({short(p.instance_uuid)})"]
+        parts += [
+            p.host,
+            f"{p.name} ({short(p.instance_uuid)})" if p.name else short(p.instance_uuid),
+        ]
         parts += [f"{k}={v}" for k, v in (("state", p.state), ("step", p.step)) if v]
         if p.elapsed_ms is not None:
             parts.append(f"elapsed={p.elapsed_ms:.0f}ms")
@@ -228,6 +231,14 @@ def event_line(ev: Event) -> str:
         parts += [f"{k}={v}" for k, v in (("device", p.device), ("bridge", p.bridge)) if v]
         if p.reason:
             parts.append(f"reason={p.reason!r}")
+    elif isinstance(p, AgentHeartbeat):
+        parts += [
+            p.host,
+            f"kind={p.kind}",
+            f"version={p.version}",
+            f"uptime={duration(p.uptime_s)}",
+        ]
+        parts += [f"{k}={v}" for k, v in sorted(p.counts.items())]
     elif isinstance(p, Message):
         data = p.model_dump(mode="json")
         host = data.pop("host", "?")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from agents.ctl import output
 from agents.ctl.progress import Update
-from common.messages import InstanceEvent, VifEvent
+from common.messages import AgentHeartbeat, InstanceEvent, VifEvent, utcnow
 from common.rpc import Event
 
 
@@ -65,3 +65,18 @@ def test_update_line() -> None:
     u = Update(uuid.uuid4(), "web", "port_wired", "tapA in brqB", port_id=port)
     assert output.update_line(u) == f"web: port {str(port)[:8]} wired (tapA in brqB)"
     assert output.update_line(Update(None, "web", "guest_started")) == "web: guest started"
+
+
+def test_heartbeat_line_is_compact() -> None:
+    hb = AgentHeartbeat(
+        host="node1",
+        kind="l2",
+        version="0.1.0",
+        started_at=utcnow(),
+        uptime_s=75.3,
+        counts={"wired": 2},
+    )
+    line = output.event_line(
+        Event("agent.heartbeat", "info", "l2-agent.node1", "2026-11-25 01:02:03.5", hb, None)
+    )
+    assert line.endswith("node1  kind=l2  version=0.1.0  uptime=1m15s  wired=2"), line
