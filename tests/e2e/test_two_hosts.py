@@ -197,6 +197,11 @@ def link_snapshot(node: LabHost, names: list[str]) -> dict[str, tuple[object, ob
     return {n: (links[n]["ifindex"], links[n].get("master")) for n in names if n in links}
 
 
+def defined_domains(node: LabHost) -> list[str]:
+    """Persistent domain definitions in the host's embed root (libvirt's configDir)."""
+    return sorted(p.name for p in (node.embed_root / "etc" / "qemu").glob("*.xml"))
+
+
 def test_two_hosts_real_guests_one_network(lab: Lab) -> None:
     started = time.monotonic()
     problems: list[str] = []
@@ -245,6 +250,7 @@ def test_two_hosts_real_guests_one_network(lab: Lab) -> None:
         assert set(before_links) == set(wired), sorted(node1.links())
         before_qemu = node1.qemu_pids()
         assert len(before_qemu) == 2, before_qemu
+        assert len(defined_domains(node1)) == 2, defined_domains(node1)
         mark = time.monotonic()
         for agent in ("compute-agent", "l2-agent"):
             status = node1.stop(agent, signal.SIGTERM)
@@ -298,6 +304,7 @@ def test_two_hosts_real_guests_one_network(lab: Lab) -> None:
         for node in (node1, node2):
             assert lab.agentctl_json("list", "--host", node.host) == []
             assert not node.qemu_pids()
+            assert not defined_domains(node), defined_domains(node)
             left = sorted(n for n in node.links() if n.startswith(("tap", "brq", "vxlan-")))
             assert not left, f"{node.name} still has {left}"
             assert not list(node.instances_dir.glob("*/*")), sorted(node.instances_dir.rglob("*"))
