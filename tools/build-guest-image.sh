@@ -3,6 +3,8 @@
 # "tiny" in an image directory the compute-agents read ([compute] image_dir).
 #
 #   tools/build-guest-image.sh [OUTDIR]        (default OUTDIR: <repo>/.cache/guest-image)
+#   tools/build-guest-image.sh /var/lib/agents/images   registers it for an installed host
+#                                                      (the sample's [compute] image_dir)
 #
 # Output (a direct-kernel-boot image, as the compute-agent expects it):
 #   OUTDIR/tiny/kernel    Debian's cloud kernel (linux-image-*-cloud-amd64), unpacked, not installed

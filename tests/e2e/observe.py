@@ -91,11 +91,13 @@ class EventRecorder:
                 return seen.at
         return None
 
-    def of_instance(self, instance_uuid: UUID, since: float = 0.0) -> list[str]:
+    def about(self, since: float = 0.0, **fields: object) -> list[str]:
+        """Event types since `since` whose payload has all of `fields`."""
         return [
             s.event.event_type
             for s in self.events()
-            if s.at >= since and getattr(s.event.payload, "instance_uuid", None) == instance_uuid
+            if s.at >= since
+            and all(getattr(s.event.payload, k, None) == v for k, v in fields.items())
         ]
 
 

@@ -272,8 +272,10 @@ def test_two_hosts_real_guests_one_network(lab: Lab) -> None:
         for g in (g1, g3):
             redone = [
                 e
-                for e in recorder.of_instance(g.uuid, since=mark)
+                for e in recorder.about(mark, instance_uuid=g.uuid)
+                + recorder.about(mark, port_id=g.port_id)
                 if e.startswith(("instance.create", "instance.delete"))
+                or e in ("port.vif_unplugged", "port.plug_failed")
             ]
             assert not redone, f"{g.name}: {redone} after the restart"
 
