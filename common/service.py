@@ -7,7 +7,8 @@
 - pings WATCHDOG=1 every WATCHDOG_USEC/2 while `service.healthy()` is true (a wedged
   agent stops pinging and systemd restarts it);
 - SIGTERM/SIGINT: STOPPING=1, `service.stop(grace)` (stop consuming, finish or hand back
-  in-flight work within the bound), exit 0;
+  in-flight work within the bound), exit 0; during start() (which may block on an
+  unreachable broker) the signal interrupts start(), stop() cleans up, exit 0;
 - SIGHUP: RELOADING=1, `service.reload()` (re-reads the log level), READY=1; handled
   at once, not at the next watchdog tick.
 
@@ -74,6 +75,15 @@ def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
         return None
 
 
+class _StopRequested(BaseException):
+    """Raised on the main thread by SIGTERM/SIGINT while start() is still running.
+
+    start() can block for long (oslo.messaging retries an unreachable broker forever);
+    a flag alone would leave the process deaf to `systemctl stop` until then. A
+    BaseException, like KeyboardInterrupt, so `except Exception` in libraries lets it by.
+    """
+
+
 class _Signals:
     """Flags set by signal handlers, and one event that wakes the main loop for any."""
 
@@ -82,6 +92,8 @@ class _Signals:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.stop_signal = ""
+        # True only while start() runs: then SIGTERM interrupts it instead of waiting.
+        self.starting = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -102,6 +114,9 @@ class _Signals:
         self.stop_signal = signal.Signals(signum).name
         self.stop.set()
         self.wake.set()
+        if self.starting:
+            self.starting = False  # interrupt once; stop() then runs undisturbed
+            raise _StopRequested(self.stop_signal)
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload.set()
@@ -130,10 +145,22 @@ def run(service: Service, *, name: str, grace: float = 30.0, idle_tick: float = 
 
 
 def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_tick: float) -> int:
+    signals.starting = True
     sd_notify(f"STATUS={name} starting")
     try:
         service.start()
+        signals.starting = False
+    except _StopRequested:
+        # Asked to stop before it could serve: undo what start() opened, exit cleanly.
+        log.warning("start_interrupted", service=name, signal=signals.stop_signal)
+        sd_notify(f"STOPPING=1\nSTATUS={name} stopped while starting")
+        try:
+            service.stop(grace=min(grace, 5.0))
+        except Exception:
+            log.exception("stop_after_interrupted_start_failed", service=name)
+        return 0
     except Exception as err:
+        signals.starting = False
         log.exception("start_failed", service=name, error=str(err))
         sd_notify(f"STATUS={name} failed to start: {err}")
         try:

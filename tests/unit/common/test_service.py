@@ -243,3 +243,23 @@ def test_watchdog_interval(environ: dict[str, str], expected: float | None) -> N
 def test_watchdog_interval_for_this_pid() -> None:
     environ = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
     assert watchdog_interval(environ) == 1.0
+
+
+def test_sigterm_interrupts_a_start_that_blocks(notify: NotifyListener) -> None:
+    """oslo.messaging retries an unreachable broker forever inside start(): SIGTERM must
+    still stop the daemon (systemd's TimeoutStartSec, `systemctl stop` while starting)."""
+
+    class Blocking(Agent):
+        def start(self) -> None:
+            self.calls.append(("start", None))
+            time.sleep(30)
+
+    agent = Blocking(notify)
+    signal_when(notify, lambda: "STATUS=toy starting" in notify.states(), signal.SIGTERM)
+    began = time.monotonic()
+
+    assert run(agent, name="toy", grace=20.0) == 0
+    assert time.monotonic() - began < 5
+    notify.wait_for(lambda: "STOPPING=1" in notify.states())
+    assert "READY=1" not in notify.states()
+    assert agent.calls == [("start", None), ("stop", 5.0)]
