@@ -48,6 +48,7 @@ from agents.l2.settings import L2Config
 from agents.l2.store import PortRecord, PortStore, now
 from common.config import NetworkSpec
 from common.messages import (
+    MTU_MIN,
     Message,
     Port,
     PortCreated,
@@ -62,12 +63,14 @@ log = structlog.get_logger()
 
 
 class LinkOps(Protocol):
+    """The kernel as the manager needs it (agents.l2.netlink.Netlink in production)."""
+
     namespace: str
 
     def links(self) -> list[Link]: ...
     def link(self, name: str) -> Link | None: ...
-    def add_tap(self, name: str, mac: str, mtu: int) -> None: ...
-    def add_bridge(self, name: str, mtu: int) -> None: ...
+    def add_tap(self, name: str) -> Link: ...
+    def add_bridge(self, name: str, mtu: int) -> Link: ...
     def add_vxlan(
         self,
         name: str,
@@ -78,15 +81,15 @@ class LinkOps(Protocol):
         local: IPv4Address | None = None,
         device: str | None = None,
         group: IPv4Address | None = None,
-    ) -> None: ...
-    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> None: ...
+    ) -> Link: ...
+    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> Link: ...
     def add_flood_entry(self, vxlan: str, peer: IPv4Address) -> None: ...
     def flood_entries(self, vxlan: str) -> set[str]: ...
     def set(
         self,
-        name: str,
+        link: Link,
         *,
-        master: str | None = None,
+        master: Link | None = None,
         up: bool | None = None,
         mtu: int | None = None,
         mac: str | None = None,
@@ -138,6 +141,9 @@ class L2Manager:
         self._status: dict[UUID, _Status] = {}
         self._by_tap: dict[str, UUID] = {}
         self._net_locks: dict[UUID, threading.Lock] = {}
+        # Bridge of each network last seen fully wired; read and written only under
+        # that network's lock.
+        self._ready: dict[UUID, Link] = {}
 
     # ------------------------------------------------------------------ records
 
@@ -383,88 +389,89 @@ class L2Manager:
     def _wire(self, port: Port) -> bool:
         """Bring the kernel to the port's wanted state. True if anything had to change.
 
-        Raises an L2Error after removing what this attempt created.
+        The network part (bridge, uplink) is checked against the kernel unless this agent
+        has seen it wired since it last changed; then the bridge known from that check is
+        used. A deletion behind our back clears that knowledge (`device_vanished`), and a
+        stale entry makes the fast path fail over to a full check. The tap is always
+        checked. Raises an L2Error after removing what this attempt created.
         """
         net = self._network(port.network_id)  # before any lock or device: nothing to undo
+        with self._network_lock(net.uuid):
+            if net.uuid in self._ready:
+                try:
+                    return self._wire_locked(port, net, full=False)
+                except L2Error as err:
+                    log.info("fast_path_retry", reason=err.reason)
+            return self._wire_locked(port, net, full=True)
+
+    def _wire_locked(self, port: Port, net: NetworkSpec, *, full: bool) -> bool:
         tap = names.tap_name(port.id)
-        bridge = names.bridge_name(net.uuid)
+        mac = names.host_mac(port.mac)
         mtu = port.mtu or net.mtu
         created: list[str] = []
         changed = False
-        with self._network_lock(net.uuid):
-            try:
-                t = self._clock()
-                br, made = self._ensure_bridge(bridge, net)
-                changed |= made
-                if made:
-                    created.append(bridge)
+        try:
+            t = self._clock()
+            if full or net.uuid not in self._ready:
+                self._ready.pop(net.uuid, None)
+                br, made = self._ensure_bridge(net, created)
                 t = self._timed("bridge", t)
-                changed |= self._ensure_uplink(net, bridge, br, created)
+                made |= self._ensure_uplink(net, br, created)
                 t = self._timed("uplink", t)
-                dev, made = self._ensure_tap(tap, names.host_mac(port.mac), mtu)
+                self._ready[net.uuid] = br
                 changed |= made
-                if made:
-                    created.append(tap)
-                t = self._timed("tap", t)
-                if dev.master != br.index or dev.up != port.admin_state_up:
-                    self._links.set(tap, master=bridge, up=port.admin_state_up)
-                    changed = True
-                t = self._timed("attach", t)
-                after = self._links.link(tap)
-                if after is None or after.master != br.index or after.up != port.admin_state_up:
-                    raise WiringMismatch(
-                        device=tap,
-                        problem=f"master={getattr(after, 'master', None)} "
-                        f"bridge={br.index} up={getattr(after, 'up', None)}",
-                    )
-                self._timed("verify", t)
-            except L2Error:
-                for name in reversed(created):
-                    try:
-                        self._links.delete(name)
-                    except L2Error as undo:
-                        log.error("plug_undo_failed", device=name, reason=undo.reason)
-                raise
+            br = self._ready[net.uuid]
+            dev = self._links.link(tap)
+            if dev is None:
+                dev = self._links.add_tap(tap)
+                created.append(tap)
+            elif dev.kind != "tun":
+                raise WiringMismatch(device=tap, problem=f"exists as a {dev.kind or 'plain'} link")
+            t = self._timed("tap", t)
+            if (dev.mac, dev.mtu, dev.master, dev.up) != (mac, mtu, br.index, port.admin_state_up):
+                # MAC, MTU, master and state in one request.
+                self._links.set(dev, master=br, up=port.admin_state_up, mtu=mtu, mac=mac)
+                changed = True
+            t = self._timed("attach", t)
+            after = self._links.link(tap)
+            if after is None or after.master != br.index or after.up != port.admin_state_up:
+                raise WiringMismatch(
+                    device=tap,
+                    problem=f"master={getattr(after, 'master', None)} (bridge is {br.index}), "
+                    f"up={getattr(after, 'up', None)}",
+                )
+            self._timed("verify", t)
+        except L2Error:
+            self._ready.pop(net.uuid, None)
+            for name in reversed(created):
+                try:
+                    self._links.delete(name)
+                except L2Error as undo:
+                    log.error("plug_undo_failed", device=name, reason=undo.reason)
+            raise
         return changed
 
-    def _ensure_bridge(self, bridge: str, net: NetworkSpec) -> tuple[Link, bool]:
+    def _ensure_bridge(self, net: NetworkSpec, created: list[str]) -> tuple[Link, bool]:
+        bridge = names.bridge_name(net.uuid)
         br = self._links.link(bridge)
-        made = False
         if br is None:
             # STP off and forward delay 0: a port forwards at once (no 15 s listening
             # phase), as neutron's linuxbridge agent does; the provider net has no loops.
-            self._links.add_bridge(bridge, net.mtu)
-            made = True
+            br = self._links.add_bridge(bridge, net.mtu)
+            created.append(bridge)
         elif br.kind != "bridge":
-            raise WiringMismatch(
-                device=bridge, problem=f"exists but is a {br.kind or 'plain'} link"
-            )
-        if br is None or not br.up or br.mtu != net.mtu:
-            # Set explicitly: a bridge with an MTU set keeps it instead of following
-            # whichever port joined first.
-            self._links.set(bridge, up=True, mtu=net.mtu)
-            made = True
-        current = self._links.link(bridge) if made else br
-        if current is None:
-            raise DeviceNotFound(device=bridge, namespace=self._links.namespace or "(own)")
-        return current, made
-
-    def _ensure_tap(self, tap: str, mac: str, mtu: int) -> tuple[Link, bool]:
-        dev = self._links.link(tap)
-        if dev is None:
-            self._links.add_tap(tap, mac, mtu)
-            dev = self._links.link(tap)
-            if dev is None:
-                raise DeviceNotFound(device=tap, namespace=self._links.namespace or "(own)")
-            return dev, True
-        if dev.kind != "tun":
-            raise WiringMismatch(
-                device=tap, problem=f"exists but is a {dev.kind or 'plain'} link, not a tap"
-            )
-        if dev.mac != mac or dev.mtu != mtu:
-            self._links.set(tap, mac=mac, mtu=mtu)
-            return dev, True
-        return dev, False
+            raise WiringMismatch(device=bridge, problem=f"exists as a {br.kind or 'plain'} link")
+        if br.up and br.mtu == net.mtu and bridge not in created:
+            return br, False
+        if bridge in created:
+            # The bridge MTU must follow the network, not its smallest port. The kernel
+            # stops auto-adjusting a bridge's MTU to its ports' minimum only once the MTU
+            # was changed through the bridge's ndo_change_mtu (BROPT_MTU_SET_BY_USER);
+            # setting the value it already has is a no-op that does not count. So: two
+            # real changes, ending at the network's MTU.
+            self._links.set(br, mtu=net.mtu - 1 if net.mtu > MTU_MIN else net.mtu + 1)
+        self._links.set(br, up=True, mtu=net.mtu)
+        return br, True
 
     def _uplink_name(self, net: NetworkSpec) -> str | None:
         if net.type == "vxlan":
@@ -482,41 +489,42 @@ class L2Manager:
             raise UnmappedPhysnet(network_id=net.uuid, physnet=net.physnet)
         return device
 
-    def _ensure_uplink(self, net: NetworkSpec, bridge: str, br: Link, created: list[str]) -> bool:
+    def _ensure_uplink(self, net: NetworkSpec, br: Link, created: list[str]) -> bool:
         name = self._uplink_name(net)
         assert name is not None
         link = self._links.link(name)
         made = False
-        if net.type == "flat":
-            if link is None:
+        if link is None:
+            if net.type == "flat":
                 raise DeviceNotFound(device=name, namespace=self._links.namespace or "(own)")
-        elif link is None:
             if net.type == "vxlan":
-                self._create_vxlan(net, name)
+                link = self._create_vxlan(net, name)
             else:
                 assert net.segmentation_id is not None
-                self._links.add_vlan(name, self._physdev(net), net.segmentation_id, net.mtu)
+                link = self._links.add_vlan(name, self._physdev(net), net.segmentation_id, net.mtu)
             created.append(name)
             made = True
-            link = self._links.link(name)
-            if link is None:
-                raise DeviceNotFound(device=name, namespace=self._links.namespace or "(own)")
         elif net.type == "vxlan" and (link.kind != "vxlan" or link.vni != net.segmentation_id):
             raise WiringMismatch(
                 device=name, problem=f"exists with kind={link.kind} vni={link.vni}"
             )
+        elif net.type == "vxlan":
+            missing = {str(p) for p in self._l2.vxlan_peers} - self._links.flood_entries(name)
+            for peer in sorted(missing):
+                self._links.add_flood_entry(name, IPv4Address(peer))
+            made |= bool(missing)
         if link.master != br.index or not link.up:
-            self._links.set(name, master=bridge, up=True)
+            self._links.set(link, master=br, up=True)
             made = True
         return made
 
-    def _create_vxlan(self, net: NetworkSpec, name: str) -> None:
+    def _create_vxlan(self, net: NetworkSpec, name: str) -> Link:
         l2 = self._l2
         # Without a local address, device or peers the VXLAN still carries traffic
         # between the ports of this host (a single-host deployment); it only reaches
         # other hosts once [l2] names the tunnel endpoint.
         assert net.segmentation_id is not None
-        self._links.add_vxlan(
+        link = self._links.add_vxlan(
             name,
             net.segmentation_id,
             mtu=net.mtu,
@@ -528,6 +536,7 @@ class L2Manager:
         for peer in l2.vxlan_peers:
             # Unicast mode: flood broadcast/unknown frames to every peer VTEP.
             self._links.add_flood_entry(name, peer)
+        return link
 
     def _unwire(self, port_id: UUID, network_id: UUID | None) -> None:
         tap = names.tap_name(port_id)
@@ -551,6 +560,7 @@ class L2Manager:
                 uplink = None
             if uplink is not None and self._links.delete(uplink):
                 log.info("uplink_removed", device=uplink)
+        self._ready.pop(network_id, None)
         # Deleting the bridge releases a flat network's physical device; it is never deleted.
         if self._links.delete(names.bridge_name(network_id)):
             log.info("bridge_removed", bridge=names.bridge_name(network_id))
@@ -567,6 +577,7 @@ class L2Manager:
             self._records.clear()
             self._status.clear()
             self._by_tap.clear()
+            self._ready.clear()
         for record in records.values():
             if record.wanted == "absent" and record.updated_at < cutoff:
                 self._store.remove(record.port_id)
@@ -641,6 +652,19 @@ class L2Manager:
                             "leftover_device_remove_failed", device=link.name, reason=err.reason
                         )
         return removed
+
+    def device_vanished(self, device: str) -> list[UUID]:
+        """A device was deleted behind our back: forget what we knew of its network and
+        return the ports to re-check (each in its own serial queue)."""
+        affected = self.ports_affected_by(device)
+        if not names.owns_tap(device):
+            with self._lock:
+                nets = {r.network_id for p in affected if (r := self._records.get(p)) is not None}
+            for net_id in nets:
+                if net_id is not None:
+                    with self._network_lock(net_id):
+                        self._ready.pop(net_id, None)
+        return affected
 
     def ports_affected_by(self, device: str) -> list[UUID]:
         """Ports whose wiring depends on `device` (a tap, bridge or vxlan uplink of ours)."""

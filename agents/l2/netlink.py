@@ -12,10 +12,17 @@ It must not decide anything: no naming, no policy about what to create or remove
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import errno as errnos
+import fcntl
 import os
+import queue
+import socket
+import struct
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Any
@@ -29,6 +36,12 @@ from agents.l2.errors import DeviceNotFound, KernelFeatureMissing, NetlinkFailur
 log = structlog.get_logger()
 
 IFF_UP = 0x1
+# <linux/if_tun.h> and <sched.h>
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+CLONE_NEWNET = 0x40000000
 _FEATURES = {
     "vlan": "802.1q VLAN support (CONFIG_VLAN_8021Q)",
     "vxlan": "VXLAN support (CONFIG_VXLAN)",
@@ -96,16 +109,92 @@ def _link_from_msg(msg: Any) -> Link:
     )
 
 
+class _InNamespace:
+    """A thread that has entered the namespace and runs calls there.
+
+    setns(2) changes the namespace of the calling thread only, so one long-lived thread
+    can sit in the agent's namespace: opening /dev/net/tun there makes the tap there.
+    (pyroute2's own tuntap path forks a helper per tap in a namespace, about 25 ms.)
+    """
+
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        entered: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(entered,), name="l2-netns", daemon=True
+        )
+        self._thread.start()
+        entered.result(timeout=5)
+
+    def _run(self, entered: Future[None]) -> None:
+        try:
+            if self.namespace:
+                fd = os.open(f"/run/netns/{self.namespace}", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if _libc().setns(fd, CLONE_NEWNET) != 0:
+                        code = ctypes.get_errno()
+                        raise OSError(code, os.strerror(code))
+                finally:
+                    os.close(fd)
+        except OSError as err:
+            entered.set_exception(
+                NetlinkFailure(
+                    op="setns",
+                    device="*",
+                    namespace=self.namespace,
+                    errno=err.errno or -1,
+                    problem=err.strerror or str(err),
+                )
+            )
+            return
+        entered.set_result(None)
+        while (item := self._calls.get()) is not None:
+            fn, result = item
+            try:
+                result.set_result(fn())
+            except BaseException as err:  # handed to the caller, who raises it
+                result.set_exception(err)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        result: Future[Any] = Future()
+        self._calls.put((fn, result))
+        return result.result()
+
+    def close(self) -> None:
+        self._calls.put(None)
+        self._thread.join(2)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _make_tap(name: str) -> int:
+    """Create a persistent tap called `name` in the calling thread's namespace."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+    return socket.if_nametoindex(name)
+
+
 class Netlink:
     """Link operations in one namespace. Thread-safe: calls are serialised by a lock
-    (one netlink socket; each call takes about a millisecond)."""
+    (one netlink socket; each call takes a millisecond or two)."""
 
     def __init__(self, namespace: str = "") -> None:
         self.namespace = namespace
         self._lock = threading.Lock()
         self._ipr = IPRoute(netns=namespace) if namespace else IPRoute()
+        self._inside = _InNamespace(namespace)
 
     def close(self) -> None:
+        self._inside.close()
         with self._lock:
             self._ipr.close()
 
@@ -117,6 +206,12 @@ class Netlink:
                 raise translate(
                     err, op=op, device=device, namespace=self.namespace, kind=kind
                 ) from err
+
+    def _must(self, name: str) -> Link:
+        found = self.link(name)
+        if found is None:
+            raise DeviceNotFound(device=name, namespace=self.namespace or "(own)")
+        return found
 
     # ------------------------------------------------------------------ reading
 
@@ -133,40 +228,45 @@ class Netlink:
             return None
         return _link_from_msg(msgs[0])
 
-    def _index(self, name: str) -> int:
-        found = self.link(name)
-        if found is None:
-            raise DeviceNotFound(device=name, namespace=self.namespace or "(own)")
-        return found.index
-
     # ------------------------------------------------------------------ creating
 
-    def add_tap(self, name: str, mac: str, mtu: int) -> None:
-        """A persistent tap no process holds yet (QEMU opens it later by name)."""
-        self._call(
-            "add",
-            name,
-            lambda: self._ipr.link("add", ifname=name, kind="tuntap", mode="tap"),
-            kind="tuntap",
-        )
-        # tuntap add is an ioctl that re-attaches to an existing tap silently, so the
-        # caller checks for existence first; MAC and MTU go in a second, netlink step.
-        self.set(name, mac=mac, mtu=mtu)
+    def add_tap(self, name: str) -> Link:
+        """A persistent tap no process holds yet (QEMU opens it later by name), admin
+        down; the caller sets MAC, MTU, master and state in one request afterwards.
 
-    def add_bridge(self, name: str, mtu: int) -> None:
+        TUNSETIFF re-attaches to an existing tap of that name without complaint, so the
+        caller checks for existence first.
+        """
+        try:
+            index = self._inside.call(lambda: _make_tap(name))
+        except OSError as err:
+            code = err.errno or -1
+            if code in (errnos.ENOENT, errnos.ENODEV):
+                raise KernelFeatureMissing(
+                    device=name,
+                    feature=_FEATURES["tuntap"],
+                    errno=code,
+                    problem=err.strerror or str(err),
+                ) from err
+            raise NetlinkFailure(
+                op="add",
+                device=name,
+                namespace=self.namespace or "(own)",
+                errno=code,
+                problem=err.strerror or str(err),
+            ) from err
+        return Link(index=index, name=name, kind="tun", master=None, up=False, mtu=0, mac=None)
+
+    def add_bridge(self, name: str, mtu: int) -> Link:
         self._call(
             "add",
             name,
             lambda: self._ipr.link(
-                "add",
-                ifname=name,
-                kind="bridge",
-                br_stp_state=0,
-                br_forward_delay=0,
-                mtu=mtu,
+                "add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0, mtu=mtu
             ),
             kind="bridge",
         )
+        return self._must(name)
 
     def add_vxlan(
         self,
@@ -178,7 +278,7 @@ class Netlink:
         local: IPv4Address | None = None,
         device: str | None = None,
         group: IPv4Address | None = None,
-    ) -> None:
+    ) -> Link:
         spec: dict[str, Any] = {
             "ifname": name,
             "kind": "vxlan",
@@ -190,43 +290,37 @@ class Netlink:
         if local is not None:
             spec["vxlan_local"] = str(local)
         if device is not None:
-            spec["vxlan_link"] = self._index(device)
+            spec["vxlan_link"] = self._must(device).index
         if group is not None:
             spec["vxlan_group"] = str(group)
         self._call("add", name, lambda: self._ipr.link("add", **spec), kind="vxlan")
+        return self._must(name)
 
-    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> None:
-        parent = self._index(device)
+    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> Link:
+        parent = self._must(device).index
         self._call(
             "add",
             name,
             lambda: self._ipr.link(
-                "add",
-                ifname=name,
-                kind="vlan",
-                link=parent,
-                vlan_id=vid,
-                mtu=mtu,
+                "add", ifname=name, kind="vlan", link=parent, vlan_id=vid, mtu=mtu
             ),
             kind="vlan",
         )
+        return self._must(name)
 
     def add_flood_entry(self, vxlan: str, peer: IPv4Address) -> None:
         """An all-zero FDB entry: flood unknown/broadcast frames to `peer` (unicast VXLAN)."""
-        index = self._index(vxlan)
+        index = self._must(vxlan).index
         self._call(
             "fdb",
             vxlan,
             lambda: self._ipr.fdb(
-                "append",
-                ifindex=index,
-                lladdr="00:00:00:00:00:00",
-                dst=str(peer),
+                "append", ifindex=index, lladdr="00:00:00:00:00:00", dst=str(peer)
             ),
         )
 
     def flood_entries(self, vxlan: str) -> set[str]:
-        index = self._index(vxlan)
+        index = self._must(vxlan).index
         msgs = self._call("fdb", vxlan, lambda: list(self._ipr.fdb("dump", ifindex=index)))
         return {
             str(m.get_attr("NDA_DST"))
@@ -238,30 +332,25 @@ class Netlink:
 
     def set(
         self,
-        name: str,
+        link: Link,
         *,
-        master: str | None = None,
+        master: Link | None = None,
         up: bool | None = None,
         mtu: int | None = None,
         mac: str | None = None,
     ) -> None:
-        index = self._index(name)
+        """Change `link` (by index: no lookup) in one RTM_NEWLINK request."""
         spec: dict[str, Any] = {}
         if mac is not None:
             spec["address"] = mac
         if mtu is not None:
             spec["mtu"] = mtu
         if master is not None:
-            spec["master"] = self._index(master)
+            spec["master"] = master.index
         if up is not None:
             spec["state"] = "up" if up else "down"
         if spec:
-            self._call("set", name, lambda: self._ipr.link("set", index=index, **spec))
-
-    def release(self, name: str) -> None:
-        """Take `name` out of whatever bridge holds it."""
-        index = self._index(name)
-        self._call("set", name, lambda: self._ipr.link("set", index=index, master=0))
+            self._call("set", link.name, lambda: self._ipr.link("set", index=link.index, **spec))
 
     def delete(self, name: str) -> bool:
         """Delete `name`; False when it did not exist."""

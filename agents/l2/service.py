@@ -149,7 +149,7 @@ class L2Agent:
         """Called from the link-event thread: queue a re-check of each affected port."""
         if event.kind != "del":
             return
-        affected = self.manager.ports_affected_by(event.name)
+        affected = self.manager.device_vanished(event.name)
         if not affected:
             return
         self._metrics.link_events.labels(kind=event.kind).inc()

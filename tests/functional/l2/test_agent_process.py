@@ -14,7 +14,7 @@ import pytest
 
 from agents.l2.store import PortStore
 from common.messages import PingReply, Port, PortCreated, PortList, envelope, new_request_id
-from common.rpc import L2_TOPIC, EventWatcher, Messaging, watching
+from common.rpc import L2_TOPIC, Event, EventWatcher, Messaging, watching
 from tests.functional.l2.conftest import (
     VXLAN_NET,
     L2Env,
@@ -134,7 +134,7 @@ def test_bad_input_gives_plug_failed_keeps_serving_and_makes_nothing(
         good = Port(id=uuid.uuid4(), network_id=net, mac="fa:16:3e:00:00:03")
         cast(messaging, l2env.host, "port_created", created(l2env.host, good))
 
-        seen: list[object] = []
+        seen: list[Event] = []
         wait_event(vif_watcher, "port.vif_plugged", good.id, seen=seen)
         for label, pid in bad_ids.items():
             event = next((e for e in seen if getattr(e.payload, "port_id", None) == pid), None)
@@ -193,7 +193,7 @@ def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
 ) -> None:
     proc = spawn_agent(l2env, tmp_path / "agent.log")
     ports = [
-        Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:00:01:%02x" % i)
+        Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac=f"fa:16:3e:00:01:{i:02x}")
         for i in range(120)
     ]
     try:
@@ -223,8 +223,7 @@ def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
     # A stray device with our naming appears while the agent is down.
     stray = f"tap{str(uuid.uuid4())[:11]}"
     run(["ip", "-n", l2env.ns, "tuntap", "add", "dev", stray, "mode", "tap"])
-    for e in vif_watcher.poll(0.2):  # drop what the first run said
-        pass
+    vif_watcher.poll(0.2)  # drop what the first run said
 
     again = spawn_agent(l2env, tmp_path / "agent2.log")
     try:

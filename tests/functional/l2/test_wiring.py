@@ -45,7 +45,8 @@ class Host:
         conf = tmp / "l2.conf"
         conf.write_text(
             f"[DEFAULT]\nhost = node1\n"
-            f"[network:vlan1]\nuuid = {VLAN}\ntype = vlan\nsegmentation_id = 42\nphysnet = physnet1\n"
+            f"[network:vlan1]\nuuid = {VLAN}\ntype = vlan\nsegmentation_id = 42\n"
+            "physnet = physnet1\n"
             f"[l2]\nnamespace = {ns}\nphysical_interface_mappings = physnet1:uplink0\n{l2}"
         )
         self.config: L2Config = load(L2Config, [REPO / "etc" / "shared.conf", conf])

@@ -30,7 +30,7 @@ class FakeLinks:
 
     def _add(
         self, name: str, kind: str | None, mtu: int, mac: str | None = None, **kw: Any
-    ) -> None:
+    ) -> Link:
         self.calls.append(("add", name))
         if kind in self.unsupported:
             raise KernelFeatureMissing(
@@ -47,7 +47,7 @@ class FakeLinks:
                 errno=errno.EEXIST,
                 problem="File exists",
             )
-        self.by_name[name] = Link(
+        link = Link(
             index=self._next,
             name=name,
             kind=kind,
@@ -57,7 +57,9 @@ class FakeLinks:
             mac=mac or f"02:00:00:00:00:{self._next:02x}",
             **kw,
         )
+        self.by_name[name] = link
         self._next += 1
+        return link
 
     def plain(self, name: str, mtu: int = 1500) -> None:
         """A device that is not ours (a physical NIC, a veth)."""
@@ -69,16 +71,17 @@ class FakeLinks:
     def link(self, name: str) -> Link | None:
         return self.by_name.get(name)
 
-    def _get(self, name: str) -> Link:
-        if name not in self.by_name:
-            raise DeviceNotFound(device=name, namespace=self.namespace)
-        return self.by_name[name]
+    def _get(self, name: str, index: int | None = None) -> Link:
+        link = self.by_name.get(name)
+        if link is None or (index is not None and link.index != index):
+            raise DeviceNotFound(device=name, namespace=self.namespace)  # as ENODEV would
+        return link
 
-    def add_tap(self, name: str, mac: str, mtu: int) -> None:
-        self._add(name, "tun", mtu, mac)
+    def add_tap(self, name: str) -> Link:
+        return self._add(name, "tun", 1500)
 
-    def add_bridge(self, name: str, mtu: int) -> None:
-        self._add(name, "bridge", mtu, stp_state=0, forward_delay=0)
+    def add_bridge(self, name: str, mtu: int) -> Link:
+        return self._add(name, "bridge", mtu, stp_state=0, forward_delay=0)
 
     def add_vxlan(
         self,
@@ -90,14 +93,14 @@ class FakeLinks:
         local: IPv4Address | None = None,
         device: str | None = None,
         group: IPv4Address | None = None,
-    ) -> None:
+    ) -> Link:
         if device is not None:
             self._get(device)
-        self._add(name, "vxlan", mtu, vni=vni)
+        return self._add(name, "vxlan", mtu, vni=vni)
 
-    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> None:
+    def add_vlan(self, name: str, device: str, vid: int, mtu: int) -> Link:
         self._get(device)
-        self._add(name, "vlan", mtu)
+        return self._add(name, "vlan", mtu)
 
     def add_flood_entry(self, vxlan: str, peer: IPv4Address) -> None:
         self._get(vxlan)
@@ -108,15 +111,16 @@ class FakeLinks:
 
     def set(
         self,
-        name: str,
+        target: Link,
         *,
-        master: str | None = None,
+        master: Link | None = None,
         up: bool | None = None,
         mtu: int | None = None,
         mac: str | None = None,
     ) -> None:
+        name = target.name
         self.calls.append(("set", name))
-        link = self._get(name)
+        link = self._get(name, target.index)  # by index, as the real edge does
         if name in self.fail_set_on:
             raise NetlinkFailure(
                 op="set",
@@ -127,7 +131,7 @@ class FakeLinks:
             )
         changes: dict[str, Any] = {}
         if master is not None:
-            changes["master"] = self._get(master).index
+            changes["master"] = self._get(master.name, master.index).index
         if up is not None:
             changes["up"] = up
         if mtu is not None:

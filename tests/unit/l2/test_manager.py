@@ -246,7 +246,7 @@ def test_reconcile_rewires_removes_our_leftovers_and_reports_again(rig: Rig) -> 
     # and devices that are not ours exist.
     rig.links.delete(tap(kept))
     stray_tap, stray_br = f"tap{str(uuid.uuid4())[:11]}", f"brq{str(uuid.uuid4())[:11]}"
-    rig.links.add_tap(stray_tap, "fe:16:3e:00:00:09", 1500)
+    rig.links.add_tap(stray_tap)
     rig.links.add_bridge(stray_br, 1500)
     rig.links.add_vxlan("vxlan-77", 77, mtu=1500, port=4789)
     rig.links.plain("tapforeign")
