@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import kombu
 import oslo_messaging
@@ -95,6 +95,19 @@ def expect(value: object, model: type[Message]) -> Message:
     if isinstance(value, Message):
         raise InvalidMessage(schema=value.SCHEMA, problem=f"expected {model.SCHEMA}")
     return open_envelope(value, expect=model)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def expected_errors(*errors: type[BaseException]) -> Callable[[_F], _F]:
+    """Mark errors a call endpoint raises as answers ("no such instance"), not failures.
+
+    The caller still gets them as RemoteError; the server logs them at debug level instead
+    of with a traceback (oslo.messaging's expected_exceptions).
+    """
+    decorator: Callable[[_F], _F] = oslo_messaging.expected_exceptions(*errors)
+    return decorator
 
 
 class RpcServer:

@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     messaging = Messaging(config.messaging)
     registry = Registry("compute_agent")
     metrics = ComputeMetrics(registry)
-    hypervisor = Hypervisor(settings.libvirt_uri)
+    hypervisor = Hypervisor(settings.libvirt_uri, settings.domain_type)
     reporter = Reporter(
         messaging.notifier(f"compute.{host}", config.messaging.events_topic), host=host
     )

@@ -21,6 +21,7 @@ Facts it relies on (PLATFORM.md):
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
@@ -92,8 +93,9 @@ class _EventLoop:
 
 
 class Hypervisor:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, domain_type: str = "test") -> None:
         self.uri = uri
+        self.domain_type = domain_type
         self._conn: libvirt.virConnect | None = None
         self._loop: _EventLoop | None = None
 
@@ -115,6 +117,18 @@ class Hypervisor:
             self._loop.start()
         try:
             self._conn = libvirt.open(self.uri)
+            if self.domain_type != "test":
+                # The QEMU driver probes the emulator's capabilities on first use (about
+                # 4 s for a fresh embed root): do it now, before the agent says READY,
+                # rather than in the first build; it also refuses a domain type this
+                # host cannot run before any build is accepted.
+                started = time.monotonic()
+                self._conn.getDomainCapabilities(None, None, None, self.domain_type)
+                log.info(
+                    "libvirt_capabilities_probed",
+                    domain_type=self.domain_type,
+                    elapsed_ms=round((time.monotonic() - started) * 1000, 1),
+                )
         except libvirt.libvirtError as err:
             if self._loop is not None:
                 self._loop.stop()

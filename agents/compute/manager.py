@@ -53,7 +53,7 @@ from common.messages import (
     VifEvent,
     salvage_uuid,
 )
-from common.rpc import InvalidPayload, expect
+from common.rpc import InvalidPayload, expect, expected_errors
 
 log = structlog.get_logger()
 
@@ -177,6 +177,7 @@ class ComputeManager:
             host=self.host, instances=sorted(infos.values(), key=lambda i: (i.name, str(i.uuid)))
         )
 
+    @expected_errors(InstanceNotFound, InvalidMessage)
     def get_instance(self, ctxt: Any, payload: object = None, **extra: Any) -> InstanceInfo:
         ref = self._accept_call("get_instance", payload)
         domain = self.hv.get(ref.instance_uuid)
@@ -188,6 +189,7 @@ class ComputeManager:
             return building_info(task.message.instance, self.host)
         raise InstanceNotFound(instance=str(ref.instance_uuid))
 
+    @expected_errors(InstanceNotFound, InvalidMessage)
     def get_console_log(self, ctxt: Any, payload: object = None, **extra: Any) -> ConsoleLog:
         ref = self._accept_call("get_console_log", payload)
         domain = self.hv.get(ref.instance_uuid)
