@@ -66,6 +66,8 @@ class Registry:
         return int(server.server_port)
 
     def close(self) -> None:
+        """Stop serving and release the port (a restarted agent binds it again at once)."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None

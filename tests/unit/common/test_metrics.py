@@ -1,0 +1,37 @@
+"""common.metrics: private registries, and the HTTP endpoint opened and released."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+from common.metrics import Registry
+
+
+def scrape(port: int) -> str:
+    body: bytes = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    return body.decode()
+
+
+def test_two_registries_in_one_process_do_not_collide() -> None:
+    a, b = Registry("agent_a"), Registry("agent_a")
+    a.counter("builds", "builds", ["result"]).labels("ok").inc()
+    b.counter("builds", "builds", ["result"])  # same name, other registry: no error
+    assert a.registry.get_sample_value("agent_a_builds_total", {"result": "ok"}) == 1
+    assert b.registry.get_sample_value("agent_a_builds_total", {"result": "ok"}) is None
+
+
+def test_serve_scrape_close_releases_the_port() -> None:
+    registry = Registry("toy")
+    registry.histogram("step_seconds", "latency", ["step"]).labels("define").observe(0.003)
+    port = registry.serve("127.0.0.1:0")
+    assert port
+    try:
+        text = scrape(port)
+        assert 'toy_step_seconds_bucket{le="0.005",step="define"} 1.0' in text
+    finally:
+        registry.close()
+    # a restarted agent must be able to bind the same port straight away
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+    registry.close()  # closing twice is harmless
