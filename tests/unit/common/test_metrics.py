@@ -31,7 +31,11 @@ def test_serve_scrape_close_releases_the_port() -> None:
         assert 'toy_step_seconds_bucket{le="0.005",step="define"} 1.0' in text
     finally:
         registry.close()
-    # a restarted agent must be able to bind the same port straight away
+    # A restarted agent must be able to bind the same port straight away. Like every
+    # HTTP server it sets SO_REUSEADDR (the scrape left a TIME_WAIT behind); that does
+    # not help while the old listening socket is still open.
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
+        sock.listen()
     registry.close()  # closing twice is harmless
