@@ -7,11 +7,14 @@ Checked with independent clients where it matters: iproute2 for the taps.
 from __future__ import annotations
 
 import json
-import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address
 
 import pytest
 
+from agents.ctl.client import Client
+from agents.ctl.settings import CtlConfig
+from common.config import load
 from tests.functional.ctl.conftest import Deployment, json_lines
 from tests.hosts import wait_for
 
@@ -130,42 +133,32 @@ def test_concurrent_builds_never_keep_one_address_and_twins_are_ambiguous(
     deployment: Deployment,
 ) -> None:
     node = deployment.add_host("node1")
-    # Two agentctl at once, each listening 4 s for agents before it reads the held
-    # addresses: their windows overlap, so both read before either port is recorded and
-    # pick the same address. Whoever then sees the clash gives its instance up; no two
-    # wired ports may keep one address.
-    slow = deployment.tmp / "slow-discovery.conf"
-    slow.write_text("[agentctl]\ndiscovery_window = 4\n")
-    procs = [
-        subprocess.Popen(
-            deployment.agentctl_cmd(
-                "--json",
-                "send",
-                "build",
-                "--host",
-                node.name,
-                "--name",
-                name,
-                "--wait",
-                config=slow,
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=deployment.env(),
-        )
-        for name in ("racer-a", "racer-b")
-    ]
-    results = [(p.communicate(timeout=60), p.returncode) for p in procs]
-    summaries = [json_lines(out)[-1] for (out, _), _ in results]
-    picked = [s["instances"][0]["ports"][0]["fixed_ip"] for s in summaries]
-    print("picked", picked, "exit codes", [code for _, code in results])
-    for ((out, err), code), summary in zip(results, summaries, strict=True):
-        assert code in (0, 1), out + err
-        if code == 1:
-            assert "was given at the same time" in summary["instances"][0]["reason"]
-    assert picked[0] == picked[1], "the discovery windows overlapped: both must pick one address"
-    assert [code for _, code in results] != [0, 0], "both kept the same address"
+    # Two controllers (the client API agentctl is built on, as another program would use
+    # it) both plan before either sends: they pick the same address, as two agentctl
+    # racing would. Whoever then sees the clash gives its instance up; no two wired
+    # ports may keep one address.
+    config = load(CtlConfig, [deployment.shared, deployment.ctl_conf])
+    clients = [Client.from_config(config) for _ in range(2)]
+    try:
+        plans = [c.plan_build(node.name, name=f"racer-{i}") for i, c in enumerate(clients)]
+        picked = [p.ports[0].port.fixed_ip for p in plans]
+        assert picked[0] == picked[1]
+        with ThreadPoolExecutor(2) as pool:
+            futures = [
+                pool.submit(c.send_build, p, wait=True, timeout=60)
+                for c, p in zip(clients, plans, strict=True)
+            ]
+            outcomes = [f.result() for f in futures]
+    finally:
+        for c in clients:
+            c.close()
+    print("picked", picked, "ok", [o.ok for o in outcomes])
+    assert [o.ok for o in outcomes] != [True, True], "both kept the same address"
+    for outcome in outcomes:
+        assert not outcome.tracker.pending
+        for failed in outcome.tracker.failed:
+            assert failed.reason and "was given at the same time" in failed.reason
+    kept = sum(o.ok for o in outcomes)
 
     def wired_addresses() -> list[str]:
         res = deployment.agentctl("--json", "ports", "--host", node.name)
@@ -173,7 +166,7 @@ def test_concurrent_builds_never_keep_one_address_and_twins_are_ambiguous(
 
     # the loser's port is unwired: every address left is held once
     wait_for(
-        lambda: len(wired_addresses()) == sum(code == 0 for _, code in results),
+        lambda: len(wired_addresses()) == kept,
         10,
         0.3,
         "losers unwired",
