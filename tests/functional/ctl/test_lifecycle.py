@@ -71,10 +71,16 @@ def test_build_list_show_reboot_delete(deployment: Deployment) -> None:
     shown = json.loads(dep.agentctl("--json", "show", db["uuid"]).stdout)
     assert shown["name"] == "db" and shown["host"] == node.name
 
-    # ---- console-log (the test driver writes none: empty, but answered)
-    res = dep.agentctl("--json", "console-log", "db", "--tail", "5")
+    # ---- console-log: the test driver runs no guest, so write what QEMU's serial file
+    # would hold where the compute-agent keeps it (instances_dir/<uuid>/console.log)
+    console = deployment.tmp / "instances-node1" / db["uuid"] / "console.log"
+    console.parent.mkdir(parents=True, exist_ok=True)
+    console.write_text("".join(f"boot line {i}\n" for i in range(1, 11)))
+    res = dep.agentctl("console-log", "db", "--tail", "3")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)["instance_uuid"] == db["uuid"]
+    assert res.stdout == "boot line 8\nboot line 9\nboot line 10\n"
+    logged = json.loads(dep.agentctl("--json", "console-log", db["uuid"]).stdout)
+    assert logged["instance_uuid"] == db["uuid"] and logged["text"].count("boot line") == 10
 
     # ---- ports: three wired, each on a tap that the kernel has, in the network's bridge
     ports = json.loads(dep.agentctl("--json", "ports", "--host", node.name).stdout)["ports"]
