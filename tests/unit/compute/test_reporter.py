@@ -1,0 +1,84 @@
+"""reporter.py: events are published off the caller's thread, in order per instance."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+from agents.compute.reporter import Reporter
+from common.messages import InstanceEvent, Message, PingReply
+
+
+class SlowNotifier:
+    """Records what was sent; each send takes a while, like a broker publish."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.sent: list[tuple[str, str, Message]] = []
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+
+    def _send(self, priority: str, event_type: str, payload: Message) -> None:
+        threading.Event().wait(0.001)
+        if event_type == self.fail_on:
+            raise ConnectionError("broker went away")
+        with self.lock:
+            self.sent.append((priority, event_type, payload))
+            self.threads.add(threading.current_thread().name)
+
+    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._send("info", event_type, payload)
+
+    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        self._send("error", event_type, payload)
+
+
+def test_events_of_one_instance_keep_their_order_across_senders() -> None:
+    notifier = SlowNotifier()
+    reporter = Reporter(notifier, "node1", senders=4)
+    instances = [uuid.uuid4() for _ in range(12)]
+    steps = ["start", "p1", "p2", "p3", "end"]
+    for step in steps:
+        for iid in instances:
+            reporter.instance(f"instance.create.{step}", iid, "req-1", step=step)
+    assert reporter.flush(10)
+    for iid in instances:
+        seen = [
+            p.step
+            for _, _, p in notifier.sent
+            if isinstance(p, InstanceEvent) and p.instance_uuid == iid
+        ]
+        assert seen == steps
+    assert len(notifier.threads) > 1  # really spread over senders
+    reporter.close()
+
+
+def test_error_priority_state_and_elapsed() -> None:
+    notifier = SlowNotifier()
+    now = [10.0]
+    reporter = Reporter(notifier, "node1", senders=1, clock=lambda: now[0])
+    iid = uuid.uuid4()
+    now[0] = 10.25
+    reporter.instance("instance.create.error", iid, "req-1", error=True, reason="x", since=10.0)
+    reporter.agent(
+        "agent.heartbeat", PingReply(host="node1", kind="compute", version="1", uptime_s=1)
+    )
+    reporter.flush(5)
+    (priority, event_type, payload), (p2, t2, _) = notifier.sent
+    assert (priority, event_type) == ("error", "instance.create.error")
+    assert isinstance(payload, InstanceEvent)
+    assert payload.state == "error" and payload.reason == "x" and payload.elapsed_ms == 250.0
+    assert payload.host == "node1"
+    assert (p2, t2) == ("info", "agent.heartbeat")
+    reporter.close()
+
+
+def test_a_failing_publish_does_not_stop_the_sender() -> None:
+    notifier = SlowNotifier(fail_on="instance.create.start")
+    reporter = Reporter(notifier, "node1", senders=1)
+    iid = uuid.uuid4()
+    reporter.instance("instance.create.start", iid, None)
+    reporter.instance("instance.create.end", iid, None, state="running")
+    assert reporter.flush(5)
+    assert [t for _, t, _ in notifier.sent] == ["instance.create.end"]
+    reporter.close()
