@@ -31,11 +31,13 @@ import structlog
 from pyroute2 import AsyncIPRoute, IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from agents.l2._rtnl import Link, LinkReader
+
+__all__ = ["Link", "LinkEvent", "LinkEvents", "Netlink", "translate"]
 from agents.l2.errors import DeviceNotFound, KernelFeatureMissing, NetlinkFailure
 
 log = structlog.get_logger()
 
-IFF_UP = 0x1
 # <linux/if_tun.h> and <sched.h>
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -48,22 +50,6 @@ _FEATURES = {
     "bridge": "Linux bridge support (CONFIG_BRIDGE)",
     "tuntap": "TUN/TAP support (CONFIG_TUN)",
 }
-
-
-@dataclass(frozen=True)
-class Link:
-    """One link as the kernel reports it."""
-
-    index: int
-    name: str
-    kind: str | None  # "tun", "bridge", "vxlan", "veth", ... (None for plain devices)
-    master: int | None
-    up: bool  # administratively up (IFF_UP); a tap nobody opened still reads operstate DOWN
-    mtu: int
-    mac: str | None
-    stp_state: int | None = None
-    forward_delay: int | None = None
-    vni: int | None = None
 
 
 def translate(
@@ -82,30 +68,6 @@ def translate(
         )
     return NetlinkFailure(
         op=op, device=device, namespace=namespace or "(own)", errno=code, problem=problem
-    )
-
-
-def _link_from_msg(msg: Any) -> Link:
-    info = msg.get_attr("IFLA_LINKINFO")
-    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-    data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
-    stp = fwd = vni = None
-    if data is not None and kind == "bridge":
-        stp = data.get_attr("IFLA_BR_STP_STATE")
-        fwd = data.get_attr("IFLA_BR_FORWARD_DELAY")
-    elif data is not None and kind == "vxlan":
-        vni = data.get_attr("IFLA_VXLAN_ID")
-    return Link(
-        index=int(msg["index"]),
-        name=str(msg.get_attr("IFLA_IFNAME")),
-        kind=kind,
-        master=msg.get_attr("IFLA_MASTER") or None,
-        up=bool(msg["flags"] & IFF_UP),
-        mtu=int(msg.get_attr("IFLA_MTU") or 0),
-        mac=msg.get_attr("IFLA_ADDRESS"),
-        stp_state=stp,
-        forward_delay=fwd,
-        vni=vni,
     )
 
 
@@ -192,9 +154,16 @@ class Netlink:
         self._lock = threading.Lock()
         self._ipr = IPRoute(netns=namespace) if namespace else IPRoute()
         self._inside = _InNamespace(namespace)
+        # Reads go over a plain socket made inside the namespace (see _rtnl.py).
+        self._reader = LinkReader(
+            self._inside.call(
+                lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+            )
+        )
 
     def close(self) -> None:
         self._inside.close()
+        self._reader.close()
         with self._lock:
             self._ipr.close()
 
@@ -216,17 +185,24 @@ class Netlink:
     # ------------------------------------------------------------------ reading
 
     def links(self) -> list[Link]:
-        return [
-            _link_from_msg(m) for m in self._call("dump", "*", lambda: list(self._ipr.get_links()))
-        ]
+        return list(self._read("dump", "*", self._reader.dump))
 
     def link(self, name: str) -> Link | None:
         """The link called `name`, or None when there is none (absence is not an error here)."""
+        found: Link | None = self._read("get", name, lambda: self._reader.get(name))
+        return found
+
+    def _read(self, op: str, device: str, fn: Callable[[], Any]) -> Any:
         try:
-            msgs = self._call("get", name, lambda: self._ipr.link("get", ifname=name))
-        except DeviceNotFound:
-            return None
-        return _link_from_msg(msgs[0])
+            return fn()
+        except OSError as err:
+            raise NetlinkFailure(
+                op=op,
+                device=device,
+                namespace=self.namespace or "(own)",
+                errno=err.errno or -1,
+                problem=err.strerror or str(err),
+            ) from err
 
     # ------------------------------------------------------------------ creating
 

@@ -2,10 +2,17 @@
 
 A port's file holds the state the last message about it asked for (`present` with the
 port, or `absent`: a tombstone). Each write goes to a temporary file in the same
-directory, is fsync'ed, renamed over the old file (rename(2) is atomic) and the
-directory is fsync'ed, so kill -9 at any moment leaves either the old or the new
-record, never a torn one. One file per port keeps a write O(1) however many ports
-the host has.
+directory and is renamed over the old file; rename(2) is atomic and the page cache
+outlives the process, so kill -9 at any moment leaves either the old or the new record,
+never a torn one. One file per port keeps a write O(1) however many ports the host has.
+
+Durability against a power cut is batched: a flusher thread fsyncs the files written
+since its last round and then the directory, so a burst of writes shares one round
+instead of paying two fsyncs each on the plug path (about 8 ms on this machine's disk
+under load). A power cut can lose the last fraction of a second of changes, or leave a
+just-written file empty; `load()` sets such a file aside and the start-up reconcile
+goes on (after a power cut the kernel's links are gone too and are rebuilt from the
+record).
 
 It must not talk to the kernel or the broker; it only persists what the manager decides.
 """
@@ -13,6 +20,7 @@ It must not talk to the kernel or the broker; it only persists what the manager 
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -48,8 +56,21 @@ class PortStore:
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        self._dirty: set[Path] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._idle = threading.Condition(self._lock)
+        self._flushing = False
+        self._flusher = threading.Thread(target=self._flush_loop, name="l2-store-sync", daemon=True)
+        self._flusher.start()
 
     def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._closing = True
+        self._wake.set()
+        self._flusher.join(5)
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
@@ -59,23 +80,67 @@ class PortStore:
 
     def put(self, record: PortRecord) -> None:
         final = self._path(record.port_id)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         data = record.model_dump_json().encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, data)
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        os.fsync(self._dir_fd)  # make the rename itself durable
+        self._mark(final)
 
     def remove(self, port_id: UUID) -> None:
         try:
             self._path(port_id).unlink()
         except FileNotFoundError:
             return
-        os.fsync(self._dir_fd)
+        self._mark(None)
+
+    def _mark(self, path: Path | None) -> None:
+        with self._lock:
+            if path is not None:
+                self._dirty.add(path)
+            else:
+                self._dirty.add(self.directory)
+        self._wake.set()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything written so far is on disk."""
+        self._wake.set()
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._dirty and not self._flushing, timeout)
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._lock:
+                batch, self._dirty = self._dirty, set()
+                self._flushing = bool(batch)
+                closing = self._closing
+            if batch:
+                self._sync(batch)
+                with self._lock:
+                    self._flushing = False
+                    self._idle.notify_all()
+            if closing:
+                return
+
+    def _sync(self, batch: set[Path]) -> None:
+        for path in batch - {self.directory}:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # replaced or removed since: its successor is in a later batch
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        try:
+            os.fsync(self._dir_fd)  # the renames and unlinks themselves
+        except OSError as err:
+            log.error("port_record_sync_failed", directory=str(self.directory), error=str(err))
 
     def load(self) -> dict[UUID, PortRecord]:
         """Every readable record. Leftover temporary files (a write cut short) are removed;

@@ -259,3 +259,24 @@ def test_reconcile_against_the_kernel(netns: str, hosts: list[Host], tmp_path: P
     assert links[tap(kept)]["master"] == brq(VXLAN) and is_up(links[tap(kept)])
     assert {"tapforeign", "brq-mine"} <= set(links)
     assert fresh.events.types() == ["port.vif_plugged"]
+
+
+def test_link_reader_agrees_with_iproute2(netns: str, hosts: list[Host], tmp_path: Path) -> None:
+    """The edge's own RTM_GETLINK parser against `ip -d -j link` on a wired namespace."""
+    add_veth(netns, "uplink0", "wire0")
+    h = host(hosts, netns, tmp_path)
+    h.create(port(FLAT))
+    h.create(port(VXLAN, mac="fa:16:3e:00:00:02", mtu=1400))
+    ours = {link.name: link for link in h.netlink.links()}
+    theirs = ns_links(netns)
+    assert set(ours) == set(theirs)
+    index = {link["ifindex"]: name for name, link in theirs.items()}
+    for name, link in theirs.items():
+        mine = ours[name]
+        assert mine.index == link["ifindex"] and mine.mtu == link["mtu"]
+        assert mine.up == ("UP" in link["flags"]) and mine.mac == link.get("address")
+        assert (index.get(mine.master) if mine.master else None) == link.get("master")
+        assert mine.kind == kind(link)
+    assert ours["vxlan-1001"].vni == 1001
+    assert (ours[brq(FLAT)].stp_state, ours[brq(FLAT)].forward_delay) == (0, 0)
+    assert h.netlink.link("nosuchdev") is None

@@ -57,3 +57,13 @@ def test_no_temporary_file_survives_a_put(tmp_path: Path) -> None:
     for _ in range(5):
         store.put(record())
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json"] * 5
+
+
+def test_flush_waits_for_the_batched_sync_and_close_stops_the_flusher(tmp_path: Path) -> None:
+    store = PortStore(tmp_path)
+    for _ in range(20):
+        store.put(record())
+    assert store.flush(5)
+    store.remove(next(iter(store.load())))
+    store.close()
+    assert len(PortStore(tmp_path).load()) == 19
