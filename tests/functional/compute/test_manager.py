@@ -20,7 +20,7 @@ import pytest
 from agents.compute import driver
 from agents.compute.errors import InstanceNotFound
 from agents.compute.hypervisor import Hypervisor
-from agents.compute.images import ImageStore
+from agents.compute.images import DiskImage, ImageStore
 from agents.compute.manager import ComputeManager
 from agents.compute.reporter import Reporter
 from agents.compute.settings import ComputeConfig, ComputeSettings
@@ -517,14 +517,16 @@ def test_reconcile_finishes_cleans_and_never_touches_foreign(
     half = spec(ports=0)
     store = ImageStore(image_dir, tmp_path / "instances")
     store.prepare_instance_dir(half.uuid)
+    image = store.resolve("tiny")
+    assert isinstance(image, DiskImage)
     xml = driver.get_guest_xml(
         half,
         {"m1.tiny": Flavor(vcpus=1, memory_mb=128)},
-        store.resolve("tiny"),
+        image,
         driver.InstancePaths(
             console_log=store.console_log_path(half.uuid),
-            disk=store.create_overlay(half.uuid, store.resolve("tiny"), 1),
-        ),  # type: ignore[arg-type]
+            disk=store.create_overlay(half.uuid, image, 1),
+        ),
         {},
         "test",
     )

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 import pytest
 
 from agents.compute import driver, vif
 from agents.compute.errors import UnknownFlavor
+from agents.compute.guest import Guest
+from agents.compute.images import Image
+from agents.compute.settings import DomainType
+from common.config import NetworkSpec
+from common.messages import InstanceSpec
 
 from .fixtures import (
     DISK_IMAGE,
@@ -24,7 +30,13 @@ from .fixtures import (
 )
 
 
-def _config(s, image=DISK_IMAGE, paths=PATHS_DISK, domain_type="qemu", networks=NETWORKS):  # type: ignore[no-untyped-def]
+def _config(
+    s: InstanceSpec,
+    image: Image = DISK_IMAGE,
+    paths: driver.InstancePaths = PATHS_DISK,
+    domain_type: DomainType = "qemu",
+    networks: Mapping[uuid.UUID, NetworkSpec] = NETWORKS,
+) -> Guest:
     ports = [driver.PortNetwork(p, networks.get(p.network_id)) for p in s.ports]
     return driver.get_guest_config(s, FLAVORS[s.flavor], image, paths, ports, domain_type)
 
@@ -59,7 +71,8 @@ def test_flavor_sets_cpu_and_memory_domain_type_from_config() -> None:
     guest = _config(spec(flavor="m1.medium"))
     assert (guest.vcpus, guest.memory_kib, guest.virt_type) == (2, 2048 * 1024, "qemu")
     assert guest.cpu is None  # TCG: QEMU's default model
-    assert _config(spec(), domain_type="kvm").cpu.mode == "host-passthrough"  # type: ignore[union-attr]
+    cpu = _config(spec(), domain_type="kvm").cpu
+    assert cpu is not None and cpu.mode == "host-passthrough"
     assert guest.name == f"instance-{INSTANCE}" and guest.uuid == str(INSTANCE)
 
 

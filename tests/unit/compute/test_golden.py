@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from agents.compute import driver
+from agents.compute.driver import InstancePaths
+from agents.compute.images import Image
 from agents.compute.settings import DomainType
+from common.messages import InstanceSpec
 
 from .fixtures import (
     DISK_IMAGE,
@@ -28,7 +31,7 @@ from .fixtures import (
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden" / "compute"
 
-CASES = {
+CASES: dict[str, tuple[InstanceSpec, Image, InstancePaths, str]] = {
     "qemu-disk-ethernet": (spec(), DISK_IMAGE, PATHS_DISK, "qemu"),
     "qemu-kernel-two-ports": (
         spec(ports=[port(), port(PORT_B, vif_type="bridge", mtu=1400)], flavor="m1.small"),

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
 from agents.compute import driver
+from agents.compute.driver import InstancePaths
 from agents.compute.errors import GuestXmlError
 from agents.compute.guest import (
     METADATA_NS,
+    Guest,
     InstanceMetadata,
     Interface,
     parse_guest,
     parse_metadata,
 )
+from agents.compute.images import Image
 
 from .fixtures import (
     DISK_IMAGE,
@@ -28,7 +32,7 @@ from .fixtures import (
 )
 
 
-def _guest(image=DISK_IMAGE, paths=PATHS_DISK, **kw):  # type: ignore[no-untyped-def]
+def _guest(image: Image = DISK_IMAGE, paths: InstancePaths = PATHS_DISK, **kw: Any) -> Guest:
     s = spec(**kw)
     ports = [driver.PortNetwork(p, NETWORKS.get(p.network_id)) for p in s.ports]
     return driver.get_guest_config(s, FLAVORS[s.flavor], image, paths, ports, "qemu", "req-1")

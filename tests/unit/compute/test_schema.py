@@ -15,20 +15,22 @@ from pathlib import Path
 import pytest
 
 from agents.compute import driver
-from agents.compute.images import DiskImage
+from agents.compute.driver import InstancePaths
+from agents.compute.images import DiskImage, Image
 from agents.compute.settings import DomainType
 from common.config import BaseConfig, load
+from common.messages import Port
 
 from .fixtures import KERNEL_IMAGE, NETWORKS, PATHS_DISK, PATHS_KERNEL, PORT_B, port, spec
 
 SHARED_CONF = Path(__file__).resolve().parents[3] / "etc" / "shared.conf"
 
-IMAGES = {
+IMAGES: dict[str, tuple[Image, InstancePaths]] = {
     "qcow2": (DiskImage("tiny", Path("/images/tiny.qcow2"), "qcow2"), PATHS_DISK),
     "raw": (DiskImage("tiny", Path("/images/tiny.raw"), "raw"), PATHS_DISK),
     "kernel": (KERNEL_IMAGE, PATHS_KERNEL),
 }
-PORTS = {
+PORTS: dict[str, list[Port]] = {
     "none": [],
     "ethernet": [port()],
     "bridge": [port(vif_type="bridge")],
