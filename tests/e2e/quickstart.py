@@ -31,10 +31,11 @@ from tests.conftest import BrokerScope, _cleanup
 from tests.e2e.lab import Lab, LabError, kill_guests, provider_uplink
 from tests.hosts import REPO, broker_available, run, wait_for
 
+# Overridable so the e2e test can run the quickstart beside a user's own.
 STATE_DIR = Path(os.environ.get("AGENTS_QUICKSTART_DIR", "/run/agents-quickstart"))
-NETNS = "agents-qs"
-HOST = "quickstart"
-EXCHANGE = "agents-quickstart"
+NETNS = os.environ.get("AGENTS_QUICKSTART_NETNS", "agents-qs")
+HOST = os.environ.get("AGENTS_QUICKSTART_HOST", "quickstart")
+EXCHANGE = os.environ.get("AGENTS_QUICKSTART_EXCHANGE", "agents-quickstart")
 GUEST = "demo"
 NETWORK = "provider"
 UPLINK = "qs-phys"
