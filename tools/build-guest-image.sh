@@ -37,6 +37,10 @@ file -L "$BUSYBOX" 2>/dev/null | grep -q "statically linked" \
     || ldd "$BUSYBOX" 2>&1 | grep -q "not a dynamic executable" \
     || die "$BUSYBOX is not statically linked (apt-get install busybox-static)"
 mkdir -p "$WORK" "$IMAGE"
+# Several test runs may build into one cache at once: one at a time, the others then
+# find it up to date.
+exec 9>"$WORK/.lock"
+flock 9
 
 # ---------------------------------------------------------------- kernel package
 pkg="${KERNEL_PKG:-}"
