@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 import structlog
 
@@ -165,7 +166,7 @@ class ComputeManager:
         )
 
     def list_instances(self, ctxt: Any, **extra: Any) -> InstanceList:
-        infos: dict[Any, InstanceInfo] = {}
+        infos: dict[UUID, InstanceInfo] = {}
         for domain, record in owned_domains(self.hv):
             building = self.table.get(domain.uuid) is not None
             infos[domain.uuid] = instance_info(domain, record, self.host, building)

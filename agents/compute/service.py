@@ -64,10 +64,9 @@ class ComputeService:
         self._listener.start()
         self._rpc = self.messaging.rpc_server(COMPUTE_TOPIC, host, [self.manager])
         self._rpc.start()
-        port = self.metrics_listen.rpartition(":")[2]
-        if port != "0" or self.metrics_listen.startswith("127.0.0.1:0"):
-            self.metrics_port = self.registry.serve(self.metrics_listen)
-            log.info("metrics_serving", listen=self.metrics_listen, port=self.metrics_port)
+        # Port 0 binds any free port ([metrics] listen); the bound one is logged.
+        self.metrics_port = self.registry.serve(self.metrics_listen)
+        log.info("metrics_serving", listen=self.metrics_listen, port=self.metrics_port)
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
         log.info("compute_agent_started", host=host, version=self.manager.version)
