@@ -28,7 +28,7 @@ import pytest
 
 from common.config import BaseConfig, MessagingSettings, NetworkSpec, load
 from common.messages import PingReply
-from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Messaging, vif_events_topic
+from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Messaging, RpcClient, vif_events_topic
 from tests.conftest import BrokerScope
 from tests.e2e.lab import Lab, LabHost, provider_uplink, underlay
 from tests.e2e.observe import ConsoleWatch, EventRecorder
@@ -118,9 +118,9 @@ def wait_serving(lab: Lab, node: LabHost, timeout: float = 60) -> None:
         for topic in (L2_TOPIC, COMPUTE_TOPIC):
             client = messaging.rpc_client(topic, node.host, timeout=2)
 
-            def pong(client: object = client) -> bool:
+            def pong(client: RpcClient = client) -> bool:
                 try:
-                    return isinstance(client.call("ping"), PingReply)  # type: ignore[attr-defined]
+                    return isinstance(client.call("ping"), PingReply)
                 except Exception:
                     return False
 
