@@ -8,7 +8,7 @@ deleted afterwards, on a control exchange and host name of its own. It prints:
 - port_created received by the endpoint -> port.vif_plugged emitted (p50, p99), ports
   sent one at a time;
 - the same for cast sent -> event seen by a separate watcher (what a client sees);
-- ports per second: 1,000 port_created cast back to back, until the last vif_plugged;
+- ports per second: a backlog of port_created (1,000 ports in all) drained by the agent;
 - reconcile on start with 1,000 recorded ports, once with every device present and
   once with every device gone (as after a host reboot).
 
@@ -221,16 +221,25 @@ def main() -> int:
             inside = [agent.sink.emitted[p.id] - agent.received[p.id] for p in serial]
             outside = [seen_at[p.id] - sent_at[p.id] for p in serial]
 
-            # 2. throughput, the rest up to --ports, back to back
+            # 2. throughput: the agent is stopped, the rest up to --ports is cast and
+            #    waits on its (durable) queue; a fresh agent then drains that backlog.
+            #    The sender here manages only ~150 casts/s, so casting while the agent
+            #    runs would measure the sender.
+            agent.stop()
             bulk = ports(args.ports - args.serial)
-            before = len(agent.sink.emitted)
             t0 = time.perf_counter()
             for p in bulk:
                 client.cast(
                     "port_created", PortCreated(request_id=new_request_id(), host=host, port=p)
                 )
             sent = time.perf_counter() - t0
-            if not agent.sink.wait(before + len(bulk), 300):
+            agent = Agent(config, state, messaging)
+            agent.manager.reconcile()  # the 200 earlier ports; not part of the figure
+            agent.sink.emitted.clear()
+            t0 = time.perf_counter()
+            agent.server.start()
+            agent.started = True
+            if not agent.sink.wait(len(bulk), 300):
                 raise SystemExit("bulk ports were not all reported within 300 s")
             elapsed = max(agent.sink.emitted[p.id] for p in bulk) - t0
             bulk_lat = [agent.sink.emitted[p.id] - agent.received[p.id] for p in bulk]
@@ -269,8 +278,8 @@ def main() -> int:
     print("  cast sent -> vif_plugged seen by a watcher (broker both ways):")
     print(f"      p50 {ms(statistics.median(outside))}   p99 {ms(pct(outside, 99))}")
     print(
-        f"  {len(bulk)} ports cast back to back: {len(bulk) / elapsed:.0f} ports/s "
-        f"(casting took {sent:.2f} s, last vif_plugged after {elapsed:.2f} s; failed {failed})"
+        f"  backlog of {len(bulk)} port_created drained at {len(bulk) / elapsed:.0f} ports/s "
+        f"(last vif_plugged after {elapsed:.2f} s; failed {failed}; casting them took {sent:.2f} s)"
     )
     print(
         f"      received -> emitted under load: p50 {ms(statistics.median(bulk_lat))}   "
