@@ -72,14 +72,19 @@ class Run:
     e2e_ms: list[float]
     wall_s: float
     errors: int
+    cast_to_received_ms: list[float]
+    end_publish_ms: list[float]
 
     def line(self) -> str:
         return (
             f"concurrency {self.concurrency:>2}: {self.n} builds in {self.wall_s:.2f}s = "
             f"{self.n / self.wall_s:7.1f} builds/s | received->started p50 "
             f"{statistics.median(self.agent_ms):6.2f} ms p99 {pct(self.agent_ms, 99):6.2f} ms | "
-            f"cast->create.end p50 {statistics.median(self.e2e_ms):6.2f} ms "
-            f"p99 {pct(self.e2e_ms, 99):6.2f} ms | errors {self.errors}"
+            f"cast->create.end seen p50 {statistics.median(self.e2e_ms):6.2f} ms "
+            f"p99 {pct(self.e2e_ms, 99):6.2f} ms | errors {self.errors}\n"
+            f"                 of which cast->received p50 "
+            f"{statistics.median(self.cast_to_received_ms):6.2f} ms, "
+            f"create.end emitted->seen p50 {statistics.median(self.end_publish_ms):6.2f} ms"
         )
 
 
@@ -186,6 +191,9 @@ class Bench:
 
     def run(self, n: int, concurrency: int) -> Run:
         sent: dict[uuid.UUID, float] = {}
+        sent_wall: dict[uuid.UUID, float] = {}
+        to_received: list[float] = []
+        end_publish: list[float] = []
         agent_ms: list[float] = []
         e2e_ms: list[float] = []
         errors = 0
@@ -193,6 +201,7 @@ class Bench:
         start = time.monotonic()
         while cast < min(concurrency, n):
             spec = self.spec()
+            sent_wall[spec.uuid] = time.time()
             sent[spec.uuid] = self.cast_build(spec)
             cast += 1
         done = 0
@@ -204,6 +213,10 @@ class Bench:
                 payload = ev.payload
                 if not isinstance(payload, InstanceEvent) or payload.instance_uuid not in sent:
                     continue
+                if ev.event_type == "instance.create.start":
+                    # the agent's receive time, in wall-clock: emitted at minus its elapsed
+                    received = payload.at.timestamp() - (payload.elapsed_ms or 0) / 1000
+                    to_received.append((received - sent_wall[payload.instance_uuid]) * 1000)
                 if ev.event_type not in ("instance.create.end", "instance.create.error"):
                     continue
                 now = time.monotonic()
@@ -213,12 +226,23 @@ class Bench:
                 else:
                     agent_ms.append(payload.elapsed_ms or 0.0)
                     e2e_ms.append((now - sent.pop(payload.instance_uuid)) * 1000)
+                    end_publish.append((time.time() - payload.at.timestamp()) * 1000)
                 if cast < n:
                     spec = self.spec()
+                    sent_wall[spec.uuid] = time.time()
                     sent[spec.uuid] = self.cast_build(spec)
                     cast += 1
         wall = time.monotonic() - start
-        return Run(concurrency, n, agent_ms or [0.0], e2e_ms or [0.0], wall, errors)
+        return Run(
+            concurrency,
+            n,
+            agent_ms or [0.0],
+            e2e_ms or [0.0],
+            wall,
+            errors,
+            to_received or [0.0],
+            end_publish or [0.0],
+        )
 
     def close(self) -> None:
         self.watcher.close()
