@@ -4,12 +4,11 @@
         plan = client.plan_build("node1", name="web", count=2)
         outcome = client.send_build(plan, wait=True, on_update=print)
 
-Owns the conversation with the agents over the broker: checking that an agent serves
-a host before casting (the queue `<topic>.<host>` and its consumers), watching events
-BEFORE casting so none is missed, following an operation to its end, discovering live
-agents (a fanout `report_state` makes each answer with a heartbeat), and gathering the
-l2-agents' port records for fixed-IP allocation. Decisions (uuids, MACs, addresses,
-progress) are made by the pure modules `plan` and `progress`.
+Owns the operations: checking that an agent serves the host before casting, watching
+events BEFORE casting so none is missed, following an operation to its end, cleaning up
+after a failed build, finding instances by name, and gathering the l2-agents' port
+records for fixed-IP allocation. Which agents exist and live is `discovery`'s question;
+decisions (uuids, MACs, addresses, progress) are made by the pure `plan` and `progress`.
 
 Must not print or exit: it returns results and raises typed errors; the CLI presents them.
 """
@@ -28,14 +27,13 @@ from typing import Any
 import structlog
 
 from agents.ctl import plan as planning
+from agents.ctl.discovery import TOPIC_OF_KIND, AgentDirectory, OnWarning, log_warning
 from agents.ctl.errors import (
-    AgentDown,
     AmbiguousName,
     InstanceNotFound,
-    NoLiveAgents,
 )
 from agents.ctl.progress import Operation, PortTracker, Tracker, Update
-from agents.ctl.seen import AgentState, AgentStatus, SeenStore, key, merge
+from agents.ctl.seen import AgentStatus, SeenStore
 from agents.ctl.settings import CtlConfig, state_dir
 from common.errors import (
     AgentsError,
@@ -46,7 +44,6 @@ from common.errors import (
 )
 from common.messages import (
     UUID,
-    AgentHeartbeat,
     ConsoleLog,
     DeleteInstance,
     InstanceInfo,
@@ -60,29 +57,17 @@ from common.messages import (
     new_request_id,
 )
 from common.rpc import (
-    COMPUTE_TOPIC,
-    L2_TOPIC,
     Event,
     EventWatcher,
     Messaging,
-    QueueState,
     expect,
-    probe_broker,
-    queue_state,
     vif_events_topic,
     watching,
 )
 
 log = structlog.get_logger()
 
-TOPIC_OF_KIND = {"compute": COMPUTE_TOPIC, "l2": L2_TOPIC}
-KIND_NAME = {"compute": "compute-agent", "l2": "l2-agent"}
 OnUpdate = Callable[[Update], None]
-OnWarning = Callable[[str], None]
-
-
-def _log_warning(text: str) -> None:
-    log.warning("agentctl_warning", problem=text)
 
 
 def _ignore(_update: Update) -> None:
@@ -114,24 +99,25 @@ class Client:
         self,
         config: CtlConfig,
         messaging: Messaging,
-        seen: SeenStore,
+        directory: AgentDirectory,
         *,
         rng: random.Random | None = None,
-        on_warning: OnWarning = _log_warning,
+        on_warning: OnWarning = log_warning,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.messaging = messaging
-        self.seen = seen
+        self.directory = directory
         self.rng = rng or random.SystemRandom()
         self.warn = on_warning
         self.clock = clock
-        self._broker_checked = False
 
     @classmethod
-    def from_config(cls, config: CtlConfig, on_warning: OnWarning = _log_warning) -> Client:
+    def from_config(cls, config: CtlConfig, on_warning: OnWarning = log_warning) -> Client:
+        messaging = Messaging(config.messaging)
         seen = SeenStore(state_dir(config.agentctl), config.messaging.control_exchange)
-        return cls(config, Messaging(config.messaging), seen, on_warning=on_warning)
+        directory = AgentDirectory(config, messaging, seen, on_warning=on_warning)
+        return cls(config, messaging, directory, on_warning=on_warning)
 
     def close(self) -> None:
         self.messaging.close()
@@ -147,43 +133,22 @@ class Client:
     ) -> None:
         self.close()
 
-    # ----------------------------------------------------------------- broker, hosts
+    # ----------------------------------------------------------------- agents, hosts
 
     @property
     def _events_key(self) -> str:
         return f"{self.config.messaging.events_topic}.*"
 
     def check_broker(self) -> None:
-        """Raise BrokerUnreachable within broker_timeout, instead of oslo's endless retries."""
-        if not self._broker_checked:
-            probe_broker(self.config.messaging, timeout=self.config.agentctl.broker_timeout)
-            self._broker_checked = True
-
-    def agent_queue(self, kind: str, host: str) -> QueueState:
-        self.check_broker()
-        topic = TOPIC_OF_KIND[kind]
-        return queue_state(
-            self.config.messaging, f"{topic}.{host}", timeout=self.config.agentctl.broker_timeout
-        )
+        self.directory.check_broker()
 
     def require_agent(self, kind: str, host: str) -> None:
         """Raise NoAgentForHost (never served) or AgentDown (queue without consumer)."""
-        state = self.agent_queue(kind, host)
-        name = KIND_NAME[kind]
-        if not state.exists:
-            raise NoAgentForHost(
-                kind=name,
-                host=host,
-                problem=f"no agent has ever served this host (no queue {state.name} on the broker)",
-            )
-        if state.consumers == 0:
-            raise AgentDown(
-                kind=name,
-                host=host,
-                problem=(
-                    f"its queue {state.name} has no consumer ({state.messages} message(s) waiting)"
-                ),
-            )
+        self.directory.require_agent(kind, host)
+
+    def agents(self, window: float | None = None) -> list[AgentStatus]:
+        """Every agent heard now (up) or before (down/silent): see `AgentDirectory.agents`."""
+        return self.directory.agents(window)
 
     def _rpc(self, kind: str, host: str) -> Any:
         return self.messaging.rpc_client(
@@ -200,61 +165,6 @@ class Client:
     ) -> Any:
         reply = self._rpc(kind, host).call(method, payload)
         return expect(reply, model)
-
-    # ----------------------------------------------------------------- discovery
-
-    def heartbeats(
-        self, window: float | None = None, kinds: Sequence[str] = ("compute", "l2")
-    ) -> list[AgentHeartbeat]:
-        """Ask every live agent to report now (fanout) and collect heartbeats for `window` s."""
-        self.check_broker()
-        window = window or self.config.agentctl.discovery_window
-        request_id = new_request_id()
-        heard: dict[str, AgentHeartbeat] = {}
-        with watching(self.config.messaging, [self._events_key]) as watcher:
-            for kind in kinds:
-                self.messaging.fanout_cast(
-                    TOPIC_OF_KIND[kind], "report_state", request_id=request_id
-                )
-            deadline = self.clock() + window
-            while (left := deadline - self.clock()) > 0:
-                for ev in watcher.poll(min(left, 0.25)):
-                    hb = ev.payload
-                    if (
-                        ev.event_type == "agent.heartbeat"
-                        and isinstance(hb, AgentHeartbeat)
-                        and hb.kind in kinds
-                    ):
-                        heard[key(hb.kind, hb.host)] = hb
-        self._remember(heard.values())
-        return sorted(heard.values(), key=lambda h: (h.host, h.kind))
-
-    def _remember(self, heard: Iterable[AgentHeartbeat]) -> None:
-        try:
-            self.seen.save(merge(self.seen.load(), heard))
-        except OSError as err:  # the record is a convenience; its loss must not fail a command
-            self.warn(f"cannot write the agent record {self.seen.path}: {err}")
-
-    def live_hosts(self, kind: str) -> list[str]:
-        hosts = sorted({hb.host for hb in self.heartbeats(kinds=(kind,))})
-        if not hosts:
-            raise NoLiveAgents(kind=KIND_NAME[kind], window=self.config.agentctl.discovery_window)
-        return hosts
-
-    def agents(self, window: float | None = None) -> list[AgentStatus]:
-        """Every agent heard now (up) or before (down when its queue has no consumer)."""
-        heard = {key(h.kind, h.host): h for h in self.heartbeats(window)}
-        record = self.seen.load()
-        out = []
-        for k, hb in sorted(merge(record, heard.values()).items()):
-            if k in heard:
-                out.append(_status(hb, "up"))
-                continue
-            q = self.agent_queue(hb.kind, hb.host)
-            # A consumer but no heartbeat: alive on the broker yet not answering (wedged).
-            state: AgentState = "silent" if q.consumers > 0 else "down"
-            out.append(_status(hb, state, consumers=q.consumers))
-        return out
 
     # ----------------------------------------------------------------- build
 
@@ -277,7 +187,7 @@ class Client:
         held: dict[UUID, set[IPv4Address]] = {}
         l2_hosts: list[str] = []
         if any(net.cidr is not None for net in nets):
-            l2_hosts = sorted({hb.host for hb in self.heartbeats(kinds=("l2",))})
+            l2_hosts = sorted({hb.host for hb in self.directory.heartbeats(kinds=("l2",))})
             ports = self._gather_ports(l2_hosts)
             held = {net.uuid: planning.held_addresses(ports, net.uuid) for net in nets}
         return planning.make_plan(
@@ -315,7 +225,7 @@ class Client:
         started = self.clock()
         host = plan.host
         self.require_agent("compute", host)
-        l2_state = self.agent_queue("l2", host)
+        l2_state = self.directory.agent_queue("l2", host)
         if not l2_state.exists:
             self.warn(f"no l2-agent has ever served host {host!r}: its ports will not be wired")
         elif l2_state.consumers == 0:
@@ -416,7 +326,7 @@ class Client:
     # ----------------------------------------------------------------- find, list, show
 
     def list_instances(self, host: str | None = None) -> list[InstanceInfo]:
-        hosts = [planning.check_host(host)] if host else self.live_hosts("compute")
+        hosts = [planning.check_host(host)] if host else self.directory.live_hosts("compute")
         if host:
             self.require_agent("compute", host)
         out: list[InstanceInfo] = []
@@ -504,7 +414,7 @@ class Client:
         self.require_agent("compute", host)
         info = self.find(ref, host)
         ports = {p.id: p for p in info.ports}
-        l2_up = self.agent_queue("l2", host).consumers > 0
+        l2_up = self.directory.agent_queue("l2", host).consumers > 0
         if l2_up:
             for p in self._gather_ports([host]):
                 if p.port.instance_uuid == info.uuid:
@@ -604,17 +514,3 @@ def _as_uuid(ref: str) -> UUID | None:
         return uuidlib.UUID(ref)
     except ValueError:
         return None
-
-
-def _status(hb: AgentHeartbeat, state: AgentState, consumers: int | None = None) -> AgentStatus:
-    return AgentStatus(
-        host=hb.host,
-        kind=hb.kind,
-        state=state,
-        version=hb.version,
-        started_at=hb.started_at,
-        uptime_s=hb.uptime_s,
-        last_seen=hb.at,
-        counts=hb.counts,
-        consumers=consumers,
-    )

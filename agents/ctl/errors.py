@@ -36,13 +36,5 @@ class AmbiguousName(AgentsError):
     msg_fmt = "{count} instances are named {ref!r} ({uuids}); give the uuid"
 
 
-class OperationFailed(AgentsError):
-    msg_fmt = "{operation} failed: {problem}"
-
-
-class WaitTimedOut(AgentsError):
-    msg_fmt = "{operation} did not finish within {timeout}s: {problem}"
-
-
 class NoLiveAgents(AgentsError):
     msg_fmt = "no live {kind} answered within {window}s"

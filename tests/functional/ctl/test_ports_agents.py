@@ -60,7 +60,6 @@ def test_broker_down_is_said_within_seconds_without_traceback(
         ["ports", "--host", "node1"],
         ["--debug", "agents"],
     ]
-    started = time.monotonic()
     procs = [
         subprocess.Popen(
             deployment.agentctl_cmd(*args, config=down),
@@ -77,9 +76,10 @@ def test_broker_down_is_said_within_seconds_without_traceback(
         assert "cannot reach the message broker" in err and "127.0.0.1:1" in err
         # a traceback only with --debug
         assert ("Traceback" in err + out) == ("--debug" in args), (args, err)
-    # five at once on two cores; alone, one answer comes within a few seconds
-    assert time.monotonic() - started < 20
+    # Alone, the answer comes after the probe gives up (broker_timeout, about 2-3 s) plus
+    # start-up; the bound leaves room for a loaded CI machine, and rules out a hang
+    # (oslo alone would retry for the whole outage).
     started = time.monotonic()
     res = deployment.agentctl("send", "build", "--host", "node1", "--wait", config=down)
     assert res.returncode == 3
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 15

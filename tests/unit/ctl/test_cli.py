@@ -11,7 +11,8 @@ import pytest
 
 from agents.ctl import cli
 from agents.ctl import settings as cli_settings
-from agents.ctl.errors import AgentDown, UnknownChoice, WaitTimedOut
+from agents.ctl.errors import AgentDown, NetworkExhausted, UnknownChoice
+from agents.ctl.parser import build_parser
 from agents.ctl.settings import CtlSettings, config_files, state_dir
 from common.errors import (
     BrokerUnreachable,
@@ -62,7 +63,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_json_and_debug_are_accepted_before_and_after_the_command() -> None:
-    parser = cli.build_parser()
+    parser = build_parser()
     assert parser.parse_args(["--json", "list"]).json is True
     assert parser.parse_args(["list", "--json"]).json is True
     assert parser.parse_args(["list"]).json is False
@@ -76,7 +77,7 @@ def test_json_and_debug_are_accepted_before_and_after_the_command() -> None:
         (UnknownChoice(field="flavor", value="x", valid=["a"]), 2),
         (ConfigError(file="f", section="s", key="k", value="v", problem="p"), 2),
         (BrokerUnreachable(url="u", problem="p"), 3),
-        (WaitTimedOut(operation="build", timeout=1, problem="p"), 4),
+        (NetworkExhausted(network="n", start="a", end="b", wanted=1), 1),
         (RemoteCallTimeout(kind="k", host="h", method="m", timeout=1), 4),
         (NoAgentForHost(kind="k", host="h", problem="p"), 5),
         (AgentDown(kind="k", host="h", problem="p"), 5),
