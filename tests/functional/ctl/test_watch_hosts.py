@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from tests.functional.ctl.conftest import Deployment, json_lines
+from tests.hosts import wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -75,12 +76,19 @@ def test_two_hosts_discovery_unique_addresses_and_agents(deployment: Deployment)
     node1 = deployment.add_host("node1")
     node2 = deployment.add_host("node2")
     built = {}
-    for node, name in ((node1, "a"), (node2, "b"), (node1, "c")):
-        res = deployment.agentctl(
-            "--json", "send", "build", "--host", node.name, "--name", name, "--wait"
-        )
+    for node, name, wait in ((node1, "a", True), (node2, "b", True), (node1, "c", False)):
+        args = ["--json", "send", "build", "--host", node.name, "--name", name]
+        res = deployment.agentctl(*args, *(["--wait"] if wait else []))
         assert res.returncode == 0, res.stdout + res.stderr
         built[name] = json_lines(res.stdout)[-1]["instances"][0]
+    # without --wait: sent, and agentctl's answer says no more than that
+    assert built["c"]["state"] == "sent" and built["a"]["state"] == "running"
+
+    def c_running() -> bool:
+        res = deployment.agentctl("--json", "list", "--host", node1.name)
+        return any(i["name"] == "c" and i["state"] == "running" for i in json.loads(res.stdout))
+
+    wait_for(c_running, 15, 0.3, "c running")
     addresses = [IPv4Address(built[n]["ports"][0]["fixed_ip"]) for n in ("a", "b", "c")]
     # b on node2 knew a's address held on node1: the pool is shared by the network
     assert addresses == [
