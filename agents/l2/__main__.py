@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentsError as err:
         log.error("l2_agent_setup_failed", error=err.reason)
         return 1
-    return service.run(agent, name="l2-agent")
+    return service.run(agent, name="l2-agent", grace=config.l2.stop_grace)
 
 
 if __name__ == "__main__":

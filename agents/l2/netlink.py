@@ -152,8 +152,10 @@ class Netlink:
     def __init__(self, namespace: str = "") -> None:
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._ipr = IPRoute(netns=namespace) if namespace else IPRoute()
+        # Entering the namespace first fails clearly when it does not exist; pyroute2
+        # would otherwise create it (its default flags include O_CREAT).
         self._inside = _InNamespace(namespace)
+        self._ipr = IPRoute(netns=namespace, flags=0) if namespace else IPRoute()
         # Reads go over a plain socket made inside the namespace (see _rtnl.py).
         self._reader = LinkReader(
             self._inside.call(
@@ -397,7 +399,7 @@ class LinkEvents:
 
     async def _watch(self) -> None:
         self._task = asyncio.current_task()
-        ipr = AsyncIPRoute(netns=self.namespace) if self.namespace else AsyncIPRoute()
+        ipr = AsyncIPRoute(netns=self.namespace, flags=0) if self.namespace else AsyncIPRoute()
         try:
             await ipr.bind()
             self._loop = asyncio.get_running_loop()

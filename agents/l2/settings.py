@@ -69,6 +69,8 @@ class L2Settings(Section):
     # How long the record of a deleted port is kept (it stops a late port_updated
     # from bringing the port back).
     tombstone_ttl: Annotated[float, Field(ge=0)] = 3600.0
+    # On SIGTERM: seconds to finish port work already taken from the queue.
+    stop_grace: Annotated[float, Field(ge=0, le=600)] = 30.0
 
     @model_validator(mode="after")
     def _coherent(self) -> L2Settings:

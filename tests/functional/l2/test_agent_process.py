@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from agents.l2.store import PortStore
-from common.messages import PingReply, Port, PortCreated, PortList, envelope, new_request_id
+from common.messages import (
+    PingReply,
+    Port,
+    PortCreated,
+    PortDeleted,
+    PortList,
+    PortUpdated,
+    envelope,
+    new_request_id,
+)
 from common.rpc import L2_TOPIC, Event, EventWatcher, Messaging, watching
 from tests.functional.l2.conftest import (
     VXLAN_NET,
@@ -308,3 +317,70 @@ def test_metrics_heartbeat_version_and_graceful_stop(
         finally:
             code = stop(proc)
     assert code == 0
+
+
+def test_rapid_create_delete_create_and_duplicates_end_as_the_last_message_asks(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    try:
+        wait_serving(messaging, l2env.host)
+        net = uuid.UUID(VXLAN_NET)
+        alive = Port(id=uuid.uuid4(), network_id=net, mac="fa:16:3e:00:00:06")
+        dead = Port(id=uuid.uuid4(), network_id=net, mac="fa:16:3e:00:00:07")
+
+        def deleted(p: Port) -> PortDeleted:
+            return PortDeleted(request_id=new_request_id(), host=l2env.host, port_id=p.id)
+
+        for _ in range(3):
+            cast(messaging, l2env.host, "port_created", created(l2env.host, alive))
+            cast(messaging, l2env.host, "port_deleted", deleted(alive))
+        cast(messaging, l2env.host, "port_created", created(l2env.host, alive))
+        cast(messaging, l2env.host, "port_created", created(l2env.host, alive))  # duplicate
+        cast(messaging, l2env.host, "port_deleted", deleted(dead))  # delete before create...
+        cast(messaging, l2env.host, "port_created", created(l2env.host, dead))
+        cast(messaging, l2env.host, "port_deleted", deleted(dead))  # ...and the last word
+        cast(
+            messaging,
+            l2env.host,
+            "port_updated",  # an update never revives a deleted port
+            PortUpdated(request_id=new_request_id(), host=l2env.host, port=dead),
+        )
+
+        def only_alive_wired() -> PortList | None:
+            reply = messaging.rpc_client(L2_TOPIC, l2env.host).call("list_ports")
+            assert isinstance(reply, PortList) and proc.poll() is None
+            ids = [p.port.id for p in reply.ports]
+            return reply if ids == [alive.id] and reply.ports[0].state == "wired" else None
+
+        listed: PortList = wait_for(only_alive_wired, 10, interval=0.2, what="only the live port")
+        assert listed.ports[0].device == f"tap{str(alive.id)[:11]}"
+        unplugged = 0
+
+        def dead_unplugged_twice() -> bool:
+            nonlocal unplugged
+            unplugged += sum(
+                1
+                for e in vif_watcher.poll(0.1)
+                if e.event_type == "port.vif_unplugged" and e.payload.port_id == dead.id
+            )
+            return unplugged >= 2  # the delete that came first, and the last message
+
+        wait_for(dead_unplugged_twice, 10, interval=0, what="both deletes of the dead port")
+        links = ns_links(l2env.ns)
+        assert links[f"tap{str(alive.id)[:11]}"]["master"] == f"brq{VXLAN_NET[:11]}"
+        assert f"tap{str(dead.id)[:11]}" not in links
+    finally:
+        code = stop(proc)
+    assert code == 0
+
+
+def test_a_missing_namespace_fails_the_start_clearly(l2env: L2Env, tmp_path: Path) -> None:
+    l2env.conf.write_text(
+        l2env.conf.read_text().replace(f"namespace = {l2env.ns}", "namespace = l2-no-such-ns")
+    )
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    assert proc.wait(30) != 0
+    log = (tmp_path / "agent.log").read_text()
+    assert "l2-no-such-ns" in log and "setns" in log
+    assert "l2-no-such-ns" not in run(["ip", "netns", "list"]).stdout  # not created either
