@@ -414,11 +414,17 @@ class Client:
         self.require_agent("compute", host)
         info = self.find(ref, host)
         ports = {p.id: p for p in info.ports}
-        l2_up = self.directory.agent_queue("l2", host).consumers > 0
+        l2_state = self.directory.agent_queue("l2", host)
+        l2_up = l2_state.consumers > 0
         if l2_up:
             for p in self._gather_ports([host]):
                 if p.port.instance_uuid == info.uuid:
                     ports.setdefault(p.port.id, p.port)
+        elif l2_state.exists and ports:
+            # port_deleted waits in its durable queue and is applied when the agent returns
+            self.warn(
+                f"the l2-agent of host {host!r} is down: ports are unwired when it comes back"
+            )
         request_id = new_request_id()
         tracker = Tracker("delete", [(info.uuid, info.name, ports)])
         outcome = Outcome("delete", request_id, host, wait, tracker, extra={"instance": info.uuid})
@@ -428,15 +434,16 @@ class Client:
             msg = DeleteInstance(request_id=request_id, host=host, instance_uuid=info.uuid)
             self._rpc("compute", host).cast("delete_instance", msg, request_id=request_id)
             if not wait:
-                if l2_up:
+                if l2_state.exists:
                     self._delete_ports(host, ports.values(), request_id)
                 return outcome
             deadline = started + (timeout or self.config.agentctl.wait_timeout)
             finished = self._follow(watcher, [tracker], deadline, on_update)
-            if finished and not tracker.failed and ports and l2_up:
+            if finished and not tracker.failed and ports and l2_state.exists:
                 self._delete_ports(host, ports.values(), request_id)
-                unplug = PortTracker(ports, info.name)
-                finished = self._follow(watcher, [unplug], deadline, on_update)
+                if l2_up:
+                    unplug = PortTracker(ports, info.name)
+                    finished = self._follow(watcher, [unplug], deadline, on_update)
             outcome.timed_out = not finished
         outcome.elapsed_s = self.clock() - started
         return outcome

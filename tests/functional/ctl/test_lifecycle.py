@@ -134,6 +134,20 @@ def test_build_list_show_reboot_delete(deployment: Deployment) -> None:
         "port gone",
     )
 
+    # ---- delete while the l2-agent is down: warned; the port_deleted waits in the
+    # agent's queue and is applied when it returns
+    db_tap = f"tap{db['ports'][0]['id'][:11]}"
+    assert db_tap in node.links()
+    node.stop("l2-agent")
+    res = dep.agentctl("send", "delete", "--host", node.name, "db", "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ports are unwired when it comes back" in res.stderr
+    assert db_tap in node.links()
+    node.start("l2-agent")
+    wait_for(
+        lambda: db_tap not in node.links(), 15, 0.3, f"{db_tap} removed after the l2-agent returned"
+    )
+
 
 def test_concurrent_builds_never_keep_one_address_and_twins_are_ambiguous(
     deployment: Deployment,
