@@ -3,8 +3,9 @@
 It owns turning "instance X reached step Y" into an `InstanceEvent` and handing it to
 the notifier. Publishing waits for the broker's publisher confirm (oslo.messaging's
 rabbit driver): 1.5-4 ms per notification here, five per build; a build must not wait
-for that, so events are queued and published by sender threads. Events of one instance always go to the same sender, so they arrive in
-the order they happened; `flush()` (on stop) waits until everything queued is sent.
+for that, so events are queued and published by sender threads. Events of one instance
+always go to the same sender, so they arrive in the order they happened; `flush()` (on
+stop) waits until everything queued is sent.
 
 It must not decide what is reported (the manager and the build pipeline do), and it
 never raises into its callers: a notification that cannot be sent is logged.
