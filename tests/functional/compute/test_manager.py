@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agents.compute import driver
-from agents.compute.errors import InstanceNotFound
+from agents.compute.errors import HypervisorError, InstanceNotFound
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.images import DiskImage, ImageStore
 from agents.compute.manager import ComputeManager
@@ -553,3 +553,87 @@ def test_reconcile_finishes_cleans_and_never_touches_foreign(
     foreign_untouched(hv)
     assert hv.get(FOREIGN).xml == foreign_xml  # type: ignore[union-attr]
     assert second.reconcile()["running"] == 2
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class StartFails(Hypervisor):
+    """The real test-driver edge, with start() failing the way QEMU does without its tap."""
+
+    def start(self, uuid: uuid.UUID) -> None:
+        raise HypervisorError(
+            operation="start",
+            instance=str(uuid),
+            problem="target managed='no' but specified dev doesn't exist",
+        )
+
+
+@pytest.fixture
+def failing_hv(tmp_path: Path) -> Iterator[Hypervisor]:
+    node = tmp_path / "node-faulty.xml"
+    node.write_text(NODE_XML)
+    hypervisor = StartFails(f"test://{node}")
+    hypervisor.connect()
+    yield hypervisor
+    hypervisor.close()
+
+
+def test_start_failure_leaves_an_error_record_and_no_files(
+    failing_hv: Hypervisor, image_dir: Path, tmp_path: Path
+) -> None:
+    shared = load(ComputeConfig, [SHARED_CONF])
+    settings = ComputeSettings(
+        libvirt_uri=failing_hv.uri,
+        domain_type="test",
+        image_dir=image_dir,
+        instances_dir=tmp_path / "instances",
+    )
+    config = shared.model_copy(update={"compute": settings, "DEFAULT": DefaultSettings(host=HOST)})
+    notes = RecordingNotifier()
+    manager = ComputeManager(
+        config=config,
+        hypervisor=failing_hv,
+        images=ImageStore(image_dir, settings.instances_dir),
+        waiter=VifWaiter(),
+        reporter=Reporter(notes, HOST),
+        metrics=ComputeMetrics(Registry("t")),
+        version="t",
+    )
+    try:
+        s = spec(ports=0)
+        manager.build_instance({}, payload=build_msg(s))
+        err = notes.wait(s.uuid, END)
+        assert err.state == "error" and "specified dev doesn't exist" in (err.reason or "")
+        info = manager.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid))
+        assert info.state == "error" and "specified dev doesn't exist" in (info.fault or "")
+        assert not (tmp_path / "instances" / str(s.uuid)).exists()
+        domain = failing_hv.get(s.uuid)
+        assert domain is not None and not domain.active
+        # The same build again reports the recorded fault; delete then removes the record.
+        manager.build_instance({}, payload=build_msg(s))
+        time.sleep(0.1)
+        assert [t for t, _ in notes.of(s.uuid)].count("instance.create.error") == 2
+        delete(manager, s.uuid)
+        notes.wait(s.uuid, {"instance.delete.end"})
+        assert failing_hv.get(s.uuid) is None
+
+        # Reconcile: a half-built domain that cannot be started becomes an error record.
+        half = spec(ports=0)
+        image = manager.images.resolve("tiny")
+        assert isinstance(image, DiskImage)
+        paths = driver.InstancePaths(
+            console_log=manager.images.console_log_path(half.uuid),
+            disk=manager.images.create_overlay(half.uuid, image, 1),
+        )
+        xml = driver.get_guest_xml(half, config.flavors, image, paths, {}, "test")
+        failing_hv.define(half.uuid, xml)
+        counts = manager.reconcile()
+        assert counts["failed"] == 1
+        err = notes.wait(half.uuid, {"instance.create.error"})
+        assert "could not be started" in (err.reason or "")
+        assert (
+            manager.get_instance({}, payload=InstanceRef(instance_uuid=half.uuid)).state == "error"
+        )
+    finally:
+        manager.drain(0)
