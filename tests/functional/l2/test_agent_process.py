@@ -347,26 +347,24 @@ def test_rapid_create_delete_create_and_duplicates_end_as_the_last_message_asks(
             PortUpdated(request_id=new_request_id(), host=l2env.host, port=dead),
         )
 
-        def only_alive_wired() -> PortList | None:
-            reply = messaging.rpc_client(L2_TOPIC, l2env.host).call("list_ports")
-            assert isinstance(reply, PortList) and proc.poll() is None
-            ids = [p.port.id for p in reply.ports]
-            return reply if ids == [alive.id] and reply.ports[0].state == "wired" else None
+        counts = {"alive_plugged": 0, "dead_unplugged": 0}
 
-        listed: PortList = wait_for(only_alive_wired, 10, interval=0.2, what="only the live port")
+        def all_answered() -> bool:
+            for e in vif_watcher.poll(0.1):
+                pid = e.payload.port_id
+                if e.event_type == "port.vif_plugged" and pid == alive.id:
+                    counts["alive_plugged"] += 1
+                if e.event_type == "port.vif_unplugged" and pid == dead.id:
+                    counts["dead_unplugged"] += 1
+            # Every create is answered (5 for the live port); the dead port's two deletes
+            # (the one that came first, and the last word) each report vif_unplugged.
+            return counts["alive_plugged"] >= 5 and counts["dead_unplugged"] >= 2
+
+        wait_for(all_answered, 15, interval=0, what="every message answered")
+        listed = messaging.rpc_client(L2_TOPIC, l2env.host).call("list_ports")
+        assert isinstance(listed, PortList) and proc.poll() is None
+        assert [(p.port.id, p.state) for p in listed.ports] == [(alive.id, "wired")]
         assert listed.ports[0].device == f"tap{str(alive.id)[:11]}"
-        unplugged = 0
-
-        def dead_unplugged_twice() -> bool:
-            nonlocal unplugged
-            unplugged += sum(
-                1
-                for e in vif_watcher.poll(0.1)
-                if e.event_type == "port.vif_unplugged" and e.payload.port_id == dead.id
-            )
-            return unplugged >= 2  # the delete that came first, and the last message
-
-        wait_for(dead_unplugged_twice, 10, interval=0, what="both deletes of the dead port")
         links = ns_links(l2env.ns)
         assert links[f"tap{str(alive.id)[:11]}"]["master"] == f"brq{VXLAN_NET[:11]}"
         assert f"tap{str(dead.id)[:11]}" not in links
