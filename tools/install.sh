@@ -28,7 +28,7 @@
 #   RabbitMQ policy `agents-notifications`  bounds the notification queues
 #
 # Running it twice is harmless: existing configs are kept, users are not re-created,
-# the venv is upgraded in place, units are replaced (change them with drop-ins).
+# the venv is upgraded in place when the sources changed, units are replaced.
 # Uninstall keeps configs an operator edited, /var/lib/agents and the users unless
 # --purge.
 set -euo pipefail
@@ -76,6 +76,7 @@ done
 
 SHARE="$ROOT$PREFIX/share"
 MANIFEST="$ROOT$PREFIX/manifest"
+SOURCE_DIGEST="$ROOT$PREFIX/source.sha256"
 VENV="$ROOT$PREFIX/venv"
 ETC="$ROOT/etc/agents"
 UNIT_DIR="$ROOT/etc/systemd/system"
@@ -116,16 +117,26 @@ install_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         "$PYTHON" -m venv "$VENV"
     fi
-    # A checkout is always rebuilt and reinstalled, so an upgrade picks up new code;
-    # dependencies already satisfied are left alone. libvirt-python may build from
-    # source: it needs libvirt-dev, pkg-config, gcc and python3-dev.
-    # Built from a clean copy: setuptools would otherwise leave build/ and *.egg-info in
-    # the checkout, and a stale build/lib can put deleted modules into the wheel.
+    # Built from a clean copy of what the wheel is made of: setuptools would otherwise
+    # leave build/ and *.egg-info in the checkout (and a stale build/lib can put deleted
+    # modules into the wheel); the checkout may also hold caches and guest images.
     SRC_COPY="$(mktemp -d)"
-    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.egg-info' \
-        --exclude=./tests --exclude=__pycache__ -cf - . | tar -C "$SRC_COPY" -xf -
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC_COPY" \
-        || die "pip install failed (libvirt-python needs: apt-get install libvirt-dev pkg-config gcc python3-dev)"
+    local parts=(pyproject.toml README.md agents common)
+    [ -f "$REPO/LICENSE" ] && parts+=(LICENSE)
+    tar -C "$REPO" --exclude=__pycache__ -cf - "${parts[@]}" | tar -C "$SRC_COPY" -xf -
+    # The same sources as last time: nothing to rebuild (a rerun is quick). Otherwise the
+    # package is rebuilt and reinstalled; dependencies already satisfied are left alone.
+    local digest
+    digest="$(cd "$SRC_COPY" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+    if [ -f "$SOURCE_DIGEST" ] && [ "$(cat "$SOURCE_DIGEST")" = "$digest" ] \
+            && "$VENV/bin/python" -c 'import agents, common' 2>/dev/null; then
+        say "package unchanged since the last install ($VENV)"
+    else
+        # libvirt-python may build from source: libvirt-dev, pkg-config, gcc, python3-dev.
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check "$SRC_COPY" \
+            || die "pip install failed (libvirt-python needs: apt-get install libvirt-dev pkg-config gcc python3-dev)"
+        echo "$digest" >"$SOURCE_DIGEST"
+    fi
     mkdir -p "$ROOT/usr/local/bin"
     for script in "${SCRIPTS[@]}"; do
         [ -x "$VENV/bin/$script" ] || die "the package did not install $script"
@@ -296,7 +307,7 @@ do_uninstall() {
     else
         # The manifest stays, trimmed to the accounts: a later --purge still knows
         # which users and groups this script made.
-        rm -rf "$VENV" "$SHARE"
+        rm -rf "$VENV" "$SHARE" "$SOURCE_DIGEST"
         if [ -f "$MANIFEST" ]; then
             grep -E '^(user|group) ' "$MANIFEST" >"$MANIFEST.new" || true
             mv "$MANIFEST.new" "$MANIFEST"

@@ -31,7 +31,9 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs rabbitmqctl"),
 ]
 
-INSTALL = REPO / "tools" / "install.sh"
+# What install.sh reads from a checkout; the test installs from a snapshot of it, so
+# that edits made meanwhile in a shared work tree cannot change the package under it.
+CHECKOUT_PARTS = ("pyproject.toml", "README.md", "agents", "common", "etc", "systemd", "docs")
 SCRIPTS = ("agentctl", "compute-agent", "l2-agent")
 POLICY = "agents-notifications"
 # What the real system has at these paths must be exactly the same after the test.
@@ -65,9 +67,22 @@ def scratch_root(path: Path) -> Path:
     return path
 
 
-def install(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def snapshot(dest: Path) -> Path:
+    dest.mkdir()
+    for part in CHECKOUT_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, dest / part)
+    (dest / "tools").mkdir()
+    shutil.copy2(REPO / "tools" / "install.sh", dest / "tools" / "install.sh")
+    return dest
+
+
+def install(checkout: Path, root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["bash", str(INSTALL), "--root", str(root), *args],
+        ["bash", str(checkout / "tools" / "install.sh"), "--root", str(root), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -119,12 +134,13 @@ def vhost() -> Iterator[str]:
 def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
     before = real_state()
     root = scratch_root(tmp_path / "root")
+    checkout = snapshot(tmp_path / "checkout")
     venv_bin = root / "opt/agents/venv/bin"
     etc = root / "etc/agents"
-    samples = sorted(p.name for p in (REPO / "etc").glob("*.conf"))
+    samples = sorted(p.name for p in (checkout / "etc").glob("*.conf"))
     try:
         # ------------------------------------------------------------ install
-        install(root, "--vhost", vhost)
+        install(checkout, root, "--vhost", vhost)
 
         for script in SCRIPTS:
             link = root / "usr/local/bin" / script
@@ -140,14 +156,14 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         assert sorted(p.name for p in etc.iterdir()) == samples
         for name in samples:
             conf = etc / name
-            assert conf.read_bytes() == (REPO / "etc" / name).read_bytes()
+            assert conf.read_bytes() == (checkout / "etc" / name).read_bytes()
             # the broker password is in there
             assert stat.S_IMODE(conf.stat().st_mode) == 0o640
             assert (conf.stat().st_uid, conf.stat().st_gid) == (0, gid(root, "agents"))
 
         for unit in UNITS:
             installed = root / "etc/systemd/system" / unit
-            assert installed.read_bytes() == (REPO / "systemd" / unit).read_bytes()
+            assert installed.read_bytes() == (checkout / "systemd" / unit).read_bytes()
         # The installed units, with the installed executables, inside the scratch root.
         verify = subprocess.run(
             ["systemd-analyze", "verify", f"--root={root}", *UNITS],
@@ -174,11 +190,12 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         l2_unit.write_text("[Service]\nExecStart=/bin/false\n")  # a stale unit is replaced
         groups_before = (root / "etc/group").read_text()
 
-        second = install(root, "--vhost", vhost)
+        second = install(checkout, root, "--vhost", vhost)
 
         assert "kept" in second.stdout
+        assert "package unchanged" in second.stdout  # same sources: no rebuild
         assert edited.read_bytes() == edited_bytes
-        assert l2_unit.read_bytes() == (REPO / "systemd/l2-agent.service").read_bytes()
+        assert l2_unit.read_bytes() == (checkout / "systemd/l2-agent.service").read_bytes()
         assert (root / "etc/group").read_text() == groups_before  # nobody made twice
         manifest = (root / "opt/agents/manifest").read_text().splitlines()
         assert len(manifest) == len(set(manifest)), manifest
@@ -187,7 +204,7 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         disk = root / "var/lib/agents/instances/disk.qcow2"
         disk.write_bytes(b"an instance disk")
 
-        install(root, "--uninstall")
+        install(checkout, root, "--uninstall")
 
         assert not venv_bin.exists()
         assert not (root / "opt/agents/share").exists()
@@ -202,10 +219,10 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         assert "agents" in account_names(root, "group")
         assert POLICY not in policies(vhost)
 
-        install(root, "--uninstall")  # twice is harmless too
+        install(checkout, root, "--uninstall")  # twice is harmless too
 
         # ------------------------------------------------------------ purge
-        install(root, "--uninstall", "--purge")
+        install(checkout, root, "--uninstall", "--purge")
 
         assert not etc.exists()
         assert not (root / "var/lib/agents").exists()
@@ -215,7 +232,10 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
     finally:
         with contextlib.suppress(Exception):
             subprocess.run(
-                ["bash", str(INSTALL), "--root", str(root), "--uninstall", "--purge"],
+                [
+                    *("bash", str(checkout / "tools/install.sh"), "--root", str(root)),
+                    *("--uninstall", "--purge"),
+                ],
                 capture_output=True,
                 timeout=120,
             )
