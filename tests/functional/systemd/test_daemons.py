@@ -172,10 +172,10 @@ def compute_conf(dep: Deployment, *, transport_url: str, log_level: str, metrics
     return path
 
 
-def l2_conf(dep: Deployment, *, metrics: int) -> Path:
+def l2_conf(dep: Deployment, *, metrics: int, log_level: str = "INFO") -> Path:
     path = dep.tmp / "l2-agent.conf"
     path.write_text(
-        f"[DEFAULT]\nhost = {dep.host}\nlog_level = INFO\nlog_format = json\n"
+        f"[DEFAULT]\nhost = {dep.host}\nlog_level = {log_level}\nlog_format = json\n"
         f"state_dir = {dep.tmp / 'state'}\n"
         f"[metrics]\nlisten = 127.0.0.1:{metrics}\n"
         # namespace empty: the agent is itself started inside the test's namespace
@@ -280,12 +280,38 @@ def test_compute_agent_ready_only_once_serving_watchdog_reload_stop(
         messaging.close()
 
 
+def test_compute_agent_stops_cleanly_while_waiting_for_the_broker(
+    deployment: Deployment,
+) -> None:
+    """`systemctl stop` (or TimeoutStartSec=) during a start that waits for the broker."""
+    conf = compute_conf(
+        deployment,
+        transport_url=f"rabbit://guest:guest@127.0.0.1:{free_port()}/",  # nobody listens
+        log_level="INFO",
+        metrics=free_port(),
+    )
+    daemon = start_daemon(agent_cmd("compute-agent", deployment, conf), deployment.tmp, "compute")
+    try:
+        wait_for(
+            lambda: "Connection refused" in daemon.output(), 30, what="a failed broker connect"
+        )
+        began = time.monotonic()
+        code = daemon.terminate(15)
+        assert code == 0, daemon.output()[-3000:]
+        assert time.monotonic() - began < 10
+        daemon.notify.wait_for(lambda: daemon.notify.has("STOPPING=1"))
+        assert not daemon.notify.has("READY=1")
+        assert "start_interrupted" in daemon.stdout.read_text()
+    finally:
+        daemon.kill()
+
+
 @pytest.mark.usefixtures("root")
 def test_l2_agent_with_only_cap_net_admin_serves_wires_and_stops(
     deployment: Deployment,
 ) -> None:
     messaging = Messaging(deployment.settings)
-    conf = l2_conf(deployment, metrics=0)
+    conf = l2_conf(deployment, metrics=0, log_level="WARNING")
     # What CapabilityBoundingSet=CAP_NET_ADMIN + NoNewPrivileges=yes leave a root service.
     caps = ["setpriv", "--bounding-set=-all,+net_admin", "--inh-caps=-all", "--no-new-privs"]
     with NamespaceHost() as host:
@@ -328,6 +354,13 @@ def test_l2_agent_with_only_cap_net_admin_serves_wires_and_stops(
             assert tap in {link["ifname"] for link in links}
 
             daemon.notify.wait_for(lambda: daemon.notify.count("WATCHDOG=1") >= 3, timeout=10)
+
+            # SIGHUP: WARNING -> INFO, so the reload's own info line shows
+            assert "service_reloaded" not in daemon.stdout.read_text()
+            conf.write_text(conf.read_text().replace("log_level = WARNING", "log_level = INFO"))
+            daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "service_reloaded" in daemon.stdout.read_text(), 10, what="reload")
+
             code = daemon.terminate(45)
             assert code == 0, daemon.output()[-3000:]
             daemon.notify.wait_for(lambda: daemon.notify.has("STOPPING=1"))
