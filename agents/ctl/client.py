@@ -19,7 +19,7 @@ import random
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from types import TracebackType
 from typing import Any
@@ -50,6 +50,7 @@ from common.messages import (
     InstanceList,
     InstanceRef,
     Message,
+    Port,
     PortDeleted,
     PortInfo,
     PortList,
@@ -60,6 +61,7 @@ from common.rpc import (
     Event,
     EventWatcher,
     Messaging,
+    RpcClient,
     expect,
     vif_events_topic,
     watching,
@@ -85,7 +87,6 @@ class Outcome:
     tracker: Tracker
     timed_out: bool = False
     elapsed_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -150,7 +151,7 @@ class Client:
         """Every agent heard now (up) or before (down/silent): see `AgentDirectory.agents`."""
         return self.directory.agents(window)
 
-    def _rpc(self, kind: str, host: str) -> Any:
+    def _rpc(self, kind: str, host: str) -> RpcClient:
         return self.messaging.rpc_client(
             TOPIC_OF_KIND[kind], host, timeout=self.config.agentctl.call_timeout
         )
@@ -312,7 +313,7 @@ class Client:
                         on_update(update)
         return True
 
-    def _delete_ports(self, host: str, ports: Iterable[Any], request_id: str) -> None:
+    def _delete_ports(self, host: str, ports: Iterable[Port], request_id: str) -> None:
         l2 = self._rpc("l2", host)
         for port in ports:
             msg = PortDeleted(
@@ -427,7 +428,7 @@ class Client:
             )
         request_id = new_request_id()
         tracker = Tracker("delete", [(info.uuid, info.name, ports)])
-        outcome = Outcome("delete", request_id, host, wait, tracker, extra={"instance": info.uuid})
+        outcome = Outcome("delete", request_id, host, wait, tracker)
         with watching(
             self.config.messaging, [self._events_key, f"{vif_events_topic(host)}.*"]
         ) as watcher:
@@ -464,9 +465,7 @@ class Client:
         info = self.find(ref, host)
         request_id = new_request_id()
         tracker = Tracker("reboot", [(info.uuid, info.name, [])])
-        outcome = Outcome(
-            "reboot", request_id, host, wait, tracker, extra={"instance": info.uuid, "hard": hard}
-        )
+        outcome = Outcome("reboot", request_id, host, wait, tracker)
         with watching(self.config.messaging, [self._events_key]) as watcher:
             msg = RebootInstance(
                 request_id=request_id, host=host, instance_uuid=info.uuid, hard=hard
