@@ -21,6 +21,7 @@ It must not import pyroute2 or the broker libraries, nor parse wire envelopes.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -101,6 +102,9 @@ class L2Manager:
         self._records: dict[UUID, PortRecord] = {}
         self._status: dict[UUID, _Status] = {}
         self._by_tap: dict[str, UUID] = {}
+        for state in ("wired", "down", "failed", "pending"):
+            # Counted when scraped, not on every change (O(ports) per count).
+            metrics.ports.labels(state=state).set_function(functools.partial(self._count, state))
 
     # ------------------------------------------------------------------ records
 
@@ -116,18 +120,15 @@ class L2Manager:
                 self._status.setdefault(record.port_id, _Status("pending"))
             else:
                 self._status.pop(record.port_id, None)
-        self._update_gauges()
 
     def _set_status(self, port_id: UUID, state: PortState, reason: str | None = None) -> None:
         with self._lock:
             if port_id in self._status:
                 self._status[port_id] = _Status(state, reason)
-        self._update_gauges()
 
-    def _update_gauges(self) -> None:
-        for state, count in self.counts().items():
-            if state != "tombstones":
-                self._metrics.ports.labels(state=state).set(count)
+    def _count(self, state: PortState) -> int:
+        with self._lock:
+            return sum(1 for status in self._status.values() if status.state == state)
 
     def record(self, port_id: UUID) -> PortRecord | None:
         with self._lock:
@@ -379,7 +380,6 @@ class L2Manager:
         self._metrics.reconcile.labels(action="removed_device").inc(len(removed))
         self._metrics.reconcile.labels(action="pruned_tombstone").inc(pruned)
         self._metrics.reconcile_seconds.observe(elapsed)
-        self._update_gauges()
         report = ReconcileReport(replugged, failed, tuple(removed), pruned, elapsed)
         log.info(
             "reconcile_done",

@@ -287,3 +287,16 @@ def test_ports_affected_by_a_vanished_device(rig: Rig) -> None:
     assert rig.events.types() == ["port.vif_plugged"]
     m.ensure(a.id, why="device_vanished")  # nothing to fix: nothing reported
     assert rig.events.types() == ["port.vif_plugged"]
+
+
+def test_a_vanished_bridge_makes_the_next_plug_check_the_network_again(rig: Rig) -> None:
+    a = port()
+    rig.create(a)
+    rig.links.delete(brq(VXLAN))
+    assert rig.manager.device_vanished(brq(VXLAN)) == [a.id]
+    rig.links.calls.clear()
+    rig.manager.ensure(a.id, why="device_vanished")
+    assert ("add", brq(VXLAN)) in rig.links.calls
+    assert rig.links.master_of(tap(a)) == brq(VXLAN)
+    assert rig.metric("ports", state="wired") == 1
+    assert rig.metric("rewires_total", result="ok") == 1
