@@ -74,6 +74,7 @@ class Run:
     errors: int
     cast_to_received_ms: list[float]
     end_publish_ms: list[float]
+    agent_span_s: float  # first build received -> last guest started, agent clock
 
     def line(self) -> str:
         return (
@@ -84,7 +85,9 @@ class Run:
             f"p99 {pct(self.e2e_ms, 99):6.2f} ms | errors {self.errors}\n"
             f"                 of which cast->received p50 "
             f"{statistics.median(self.cast_to_received_ms):6.2f} ms, "
-            f"create.end emitted->seen p50 {statistics.median(self.end_publish_ms):6.2f} ms"
+            f"create.end emitted->seen p50 {statistics.median(self.end_publish_ms):6.2f} ms; "
+            f"inside the agent {self.n / self.agent_span_s:7.1f} builds/s "
+            f"(first received -> last started)"
         )
 
 
@@ -194,6 +197,8 @@ class Bench:
         sent_wall: dict[uuid.UUID, float] = {}
         to_received: list[float] = []
         end_publish: list[float] = []
+        first_received = float("inf")
+        last_started = 0.0
         agent_ms: list[float] = []
         e2e_ms: list[float] = []
         errors = 0
@@ -217,6 +222,7 @@ class Bench:
                     # the agent's receive time, in wall-clock: emitted at minus its elapsed
                     received = payload.at.timestamp() - (payload.elapsed_ms or 0) / 1000
                     to_received.append((received - sent_wall[payload.instance_uuid]) * 1000)
+                    first_received = min(first_received, received)
                 if ev.event_type not in ("instance.create.end", "instance.create.error"):
                     continue
                 now = time.monotonic()
@@ -227,6 +233,7 @@ class Bench:
                     agent_ms.append(payload.elapsed_ms or 0.0)
                     e2e_ms.append((now - sent.pop(payload.instance_uuid)) * 1000)
                     end_publish.append((time.time() - payload.at.timestamp()) * 1000)
+                    last_started = max(last_started, payload.at.timestamp())
                 if cast < n:
                     spec = self.spec()
                     sent_wall[spec.uuid] = time.time()
@@ -242,6 +249,7 @@ class Bench:
             errors,
             to_received or [0.0],
             end_publish or [0.0],
+            max(last_started - first_received, 1e-6),
         )
 
     def close(self) -> None:
@@ -299,22 +307,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bench_test_driver(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="cbench-") as tmpdir:
-        tmp = Path(tmpdir)
-        bench = Bench(tmp, f"bench{uuid.uuid4().hex[:6]}", args.ports, args.image_kind)
-        proc = start_agent(bench.config(), tmp / "agent.log", bench.client)
-        try:
-            bench.run(min(50, args.n), 10)  # warm-up: connections, caches
-            print(
-                f"test driver, {args.n} builds, {args.ports} port(s) each "
-                f"({'vif_plugged pre-published' if args.ports else 'no vif wait'}), "
-                f"image kind {args.image_kind}:"
-            )
-            for concurrency in (1, 10):
-                print("  " + bench.run(args.n, concurrency).line(), flush=True)
-        finally:
-            stop(proc)
-            bench.close()
+    print(
+        f"test driver, {args.n} builds per run, {args.ports} port(s) each "
+        f"({'vif_plugged pre-published' if args.ports else 'no vif wait'}), "
+        f"image kind {args.image_kind}; agent max_concurrent_builds = concurrency"
+    )
+    for closed in (True, False):
+        print(
+            "closed loop (a new build is cast when one's create.end is seen):"
+            if closed
+            else "open loop (all builds cast at once; the agent bounds concurrency):"
+        )
+        for concurrency in (1, 10):
+            with tempfile.TemporaryDirectory(prefix="cbench-") as tmpdir:
+                tmp = Path(tmpdir)
+                bench = Bench(tmp, f"bench{uuid.uuid4().hex[:6]}", args.ports, args.image_kind)
+                config = bench.config(max_concurrent_builds=concurrency)
+                proc = start_agent(config, tmp / "agent.log", bench.client)
+                try:
+                    bench.run(min(50, args.n), 10)  # warm-up: connections, caches
+                    result = bench.run(args.n, concurrency if closed else args.n)
+                    result.concurrency = concurrency
+                    print("  " + result.line(), flush=True)
+                finally:
+                    stop(proc)
+                    bench.close()
 
 
 def _qemu_pids(marker: str) -> list[int]:
@@ -398,7 +415,7 @@ def bench_tcg(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=1000, help="builds per concurrency level")
+    parser.add_argument("-n", type=int, default=1000, help="builds per run")
     parser.add_argument(
         "--ports", type=int, default=0, help="ports per build (events pre-published)"
     )
