@@ -90,9 +90,18 @@ broker_policy_wanted() {
     [ "$BROKER_POLICY" = 1 ] && command -v rabbitmqctl >/dev/null \
         && { [ -z "$ROOT" ] || [ "$VHOST_GIVEN" = 1 ]; }
 }
-has_group() { grep -q "^$1:" "$ROOT/etc/group" 2>/dev/null; }
-has_user() { grep -q "^$1:" "$ROOT/etc/passwd" 2>/dev/null; }
-gid_of() { awk -F: -v g="$1" '$1 == g { print $3 }' "$ROOT/etc/group"; }
+# On the real system ask NSS (an account may come from LDAP); in a scratch root read
+# its files, which is what useradd/groupadd --prefix write.
+account() {
+    if [ -z "$ROOT" ]; then
+        getent "$1" "$2"
+    else
+        grep "^$2:" "$ROOT/etc/$1" 2>/dev/null
+    fi
+}
+has_group() { account group "$1" >/dev/null; }
+has_user() { account passwd "$1" >/dev/null; }
+gid_of() { account group "$1" | cut -d: -f3; }
 record() { echo "$*" >>"$MANIFEST"; }
 recorded() { [ -f "$MANIFEST" ] && grep -qxF "$*" "$MANIFEST"; }
 
