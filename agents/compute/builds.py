@@ -77,6 +77,12 @@ class BuildTask:
         self.expectation.abort(reason)
 
 
+@dataclass
+class _LockSlot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+
 class InstanceTable:
     """Builds in flight, per-instance locks and tombstones, under one lock."""
 
@@ -84,7 +90,7 @@ class InstanceTable:
         self._clock = clock
         self._lock = threading.Lock()
         self._builds: dict[UUID, BuildTask] = {}
-        self._locks: dict[UUID, threading.Lock] = {}
+        self._locks: dict[UUID, _LockSlot] = {}
         self._tombstones: OrderedDict[UUID, float] = OrderedDict()
         self.counts = {"builds_ok": 0, "builds_failed": 0, "deletes": 0}
 
@@ -142,14 +148,22 @@ class InstanceTable:
 
     @contextmanager
     def locked(self, uuid: UUID) -> Iterator[None]:
-        """Serialise everything done to one instance (build, delete, reboot)."""
+        """Serialise everything done to one instance (build, delete, reboot).
+
+        A lock lives while anyone holds or waits for it (counted), so a waiter and a
+        newcomer can never end up holding two different locks for one instance.
+        """
         with self._lock:
-            lock = self._locks.setdefault(uuid, threading.Lock())
-        with lock:
-            yield
-        with self._lock:
-            if not lock.locked() and self._locks.get(uuid) is lock:
-                del self._locks[uuid]
+            slot = self._locks.setdefault(uuid, _LockSlot())
+            slot.users += 1
+        try:
+            with slot.lock:
+                yield
+        finally:
+            with self._lock:
+                slot.users -= 1
+                if slot.users == 0:
+                    del self._locks[uuid]
 
 
 class _Failed(Exception):
