@@ -132,7 +132,12 @@ class Hypervisor:
         except libvirt.libvirtError as err:
             if self._loop is not None:
                 self._loop.stop()
-            raise HypervisorUnavailable(uri=self.uri, problem=_msg(err)) from err
+            problem = _msg(err)
+            if "Failed to parse group 'libvirt-qemu'" in problem:
+                # libvirt's QEMU driver resolves its compiled-in default group before it
+                # reads qemu.conf, so the group must exist even when guests run as root.
+                problem += " (the QEMU driver needs that group: groupadd --system libvirt-qemu)"
+            raise HypervisorUnavailable(uri=self.uri, problem=problem) from err
 
     def close(self) -> None:
         if self._conn is not None:
