@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -49,10 +50,11 @@ class SimHost:
         if wait:
             self.wait_serving(agent)
 
-    def stop(self, agent: str) -> None:
+    def stop(self, agent: str, sig: int = signal.SIGTERM) -> None:
+        """Stop an agent: SIGTERM (graceful, a few seconds) or SIGKILL (a crash)."""
         proc = self.procs.pop(agent)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
+            os.killpg(proc.pid, sig)
         proc.wait(timeout=30)
 
     def wait_serving(self, agent: str) -> None:
@@ -137,11 +139,16 @@ class Deployment:
         return {**os.environ, "XDG_STATE_HOME": str(self.tmp / "agentctl-state")}
 
     def stop_all(self) -> None:
-        """SIGTERM every agent of every host at once, then wait (faster than host by host)."""
+        """Kill every agent of every host at once, then wait.
+
+        SIGKILL, not SIGTERM: the agents' graceful stop is their own tests' subject, and
+        here it would cost seconds per agent. Nothing outlives them: the libvirt test
+        driver lives in the agent's process, links go with the namespace.
+        """
         procs = [p for h in self.hosts.values() for p in h.procs.values()]
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 15)
+                os.killpg(proc.pid, signal.SIGKILL)
         for proc in procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=15)  # NamespaceHost.close() kills what is left

@@ -5,6 +5,7 @@ nothing wired behind.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 
@@ -52,7 +53,7 @@ def test_unknown_host_is_named_and_exits_5(deployment: Deployment) -> None:
 
 def test_compute_agent_down_is_said_before_casting(deployment: Deployment) -> None:
     node = deployment.add_host("node1", agents=("compute-agent",))
-    node.stop("compute-agent")
+    node.stop("compute-agent", signal.SIGKILL)  # crashed: its queue stays, unconsumed
     res = deployment.agentctl("send", "build", "--host", node.name, "--wait")
     assert res.returncode == 5, res.stdout + res.stderr
     assert f"the compute-agent of host '{node.name}' is down" in res.stderr
@@ -94,7 +95,7 @@ def test_no_l2_agent_fails_on_vif_plugging_timeout_then_times_out_agentctl(
     assert time.monotonic() - started < 15
 
     # agentctl's own --timeout, shorter than the agent's deadline: exit 4, and says so
-    node.stop("compute-agent")
+    node.stop("compute-agent", signal.SIGKILL)
     slow_conf = deployment.tmp / "compute-slow.conf"
     slow_conf.write_text(
         node.confs["compute-agent"]
