@@ -78,6 +78,18 @@ def test_bad_image_fails_with_the_agents_reason_and_unwires_the_port(
     ports = json.loads(deployment.agentctl("--json", "ports", "--host", node.name).stdout)["ports"]
     assert ports == []
 
+    # a port the l2-agent cannot wire (no device is mapped to physnet1 on this host):
+    # the failure is shown live, with the l2-agent's reason, and fails the build
+    res = deployment.agentctl(
+        "send", "build", "--host", node.name, "--name", "flat", "--network", "provider", "--wait"
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    port_failed = [
+        line for line in res.stdout.splitlines() if "flat: port" in line and "failed" in line
+    ]
+    assert port_failed and "physnet1" in port_failed[0], res.stdout
+    assert "create: 0 done, 1 failed" in res.stdout
+
 
 def test_no_l2_agent_fails_on_vif_plugging_timeout_then_times_out_agentctl(
     deployment: Deployment,
