@@ -299,7 +299,7 @@ def main(
     args = parser.parse_args(argv)
     out, err = out or sys.stdout, err or sys.stderr
     ui = Ui(args.json, out, err)
-    if args.command == "completion":
+    if args.command == "completion" and args.shell == "bash":
         out.write(completion.bash(parser))
         return EXIT_OK
     if not args.debug:
@@ -339,6 +339,9 @@ def _run(args: argparse.Namespace, ui: Ui) -> int:
     files = config_files(args.config_file)
     config = load(CtlConfig, files)
     _precheck(args, config)
+    if args.command == "completion":
+        ui.out.write("".join(f"{word}\n" for word in _completion_words(args.shell, config)))
+        return EXIT_OK
     agents_logging.setup("DEBUG" if args.debug else "WARNING", "console")
     # stdout carries results (and JSON for scripts); logs go to stderr.
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -364,3 +367,16 @@ def _precheck(args: argparse.Namespace, config: CtlConfig) -> None:
         plan.check_name("--image", args.image or config.agentctl.default_image)
     if getattr(args, "timeout", None) is not None and args.timeout <= 0:
         raise InvalidInput(field="--timeout", value=args.timeout, problem="must be more than 0")
+
+
+def _completion_words(kind: str, config: CtlConfig) -> list[str]:
+    """Words the completion script offers; read locally, never from the broker."""
+    from agents.ctl.seen import SeenStore
+    from agents.ctl.settings import state_dir
+
+    if kind == "flavors":
+        return sorted(config.flavors)
+    if kind == "networks":
+        return list(config.networks)
+    seen = SeenStore(state_dir(config.agentctl), config.messaging.control_exchange).load()
+    return sorted({hb.host for hb in seen.values()})

@@ -1,6 +1,8 @@
 """Shell completion generated from the argparse parser, so it never drifts from the CLI.
 
-Pure: walks the parser and renders a bash script; knows nothing of the broker.
+Pure: walks the parser and renders a bash script; knows nothing of the broker. Values
+after --host, --flavor and --network come from `agentctl completion hosts|flavors|networks`
+at completion time (the config and the local record of agents seen).
 """
 
 from __future__ import annotations
@@ -48,9 +50,12 @@ def bash(parser: argparse.ArgumentParser) -> str:
     local cur prev path="" word words
     cur="${{COMP_WORDS[COMP_CWORD]}}"
     prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-    if [[ "$prev" == "--config-file" ]]; then
-        COMPREPLY=($(compgen -f -- "$cur")); return
-    fi
+    case "$prev" in
+        --config-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --host|--flavor|--network)
+            words="$({prog} completion "${{prev#--}}s" 2>/dev/null)"
+            COMPREPLY=($(compgen -W "$words" -- "$cur")); return ;;
+    esac
     for word in "${{COMP_WORDS[@]:1:COMP_CWORD-1}}"; do
         case " {commands} " in
             *" $word "*) path="${{path:+$path }}$word" ;;

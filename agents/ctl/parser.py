@@ -207,5 +207,10 @@ examples:
     comp = add(
         sub, "completion", "print a shell completion script", "  source <(agentctl completion bash)"
     )
-    comp.add_argument("shell", choices=["bash"])
+    comp.add_argument(
+        "shell",
+        choices=["bash", "hosts", "flavors", "networks"],
+        help="bash: the script; hosts, flavors, networks: the words it offers after --host,"
+        " --flavor, --network (from the config and the record of agents seen; no broker)",
+    )
     return parser

@@ -146,6 +146,44 @@ def test_completion_script_is_valid_bash_and_completes_commands(tmp_path: Path) 
     assert "--count" in complete("send", "build", "--")
     assert "--hard" in complete("send", "reboot", "--h")
     assert "bash" in complete("completion", "")
+    # values come from `agentctl completion flavors|networks|hosts`, run at completion time
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "agentctl").write_text(
+        '#!/bin/sh\n[ "$2" = flavors ] && printf "m1.tiny\\nm1.small\\n"\n'
+    )
+    (fake / "agentctl").chmod(0o755)
+    probe.write_text(
+        f"PATH={fake}:$PATH\n"
+        + script
+        + "COMP_WORDS=(agentctl send build --flavor m1.s); COMP_CWORD=4; _agentctl; "
+        + 'printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    done = subprocess.run([bash, str(probe)], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["m1.small"]
+
+
+def test_completion_words_come_from_config_and_agent_record(tmp_path: Path) -> None:
+    from agents.ctl.seen import SeenStore, merge
+    from common.messages import AgentHeartbeat, utcnow
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        "[messaging]\ncontrol_exchange = ex1\n"
+        f"[agentctl]\nstate_dir = {tmp_path / 'state'}\n"
+        "[flavor:small]\nvcpus = 1\nmemory_mb = 128\n"
+        "[network:lan]\nuuid = 5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31\n"
+        "type = vxlan\nsegmentation_id = 5\n"
+    )
+    now = utcnow()
+    beats = [
+        AgentHeartbeat(host=h, kind=k, version="1", started_at=now, uptime_s=1)
+        for h, k in (("node2", "l2"), ("node1", "compute"), ("node2", "compute"))
+    ]
+    SeenStore(tmp_path / "state", "ex1").save(merge({}, beats))
+    assert run("--config-file", str(conf), "completion", "hosts")[1] == "node1\nnode2\n"
+    assert run("--config-file", str(conf), "completion", "flavors")[1] == "small\n"
+    assert run("--config-file", str(conf), "completion", "networks")[1] == "lan\n"
 
 
 def test_sample_config_files_load_together() -> None:
