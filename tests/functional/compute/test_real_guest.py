@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from agents.compute import vif
-from common.messages import ConsoleLog, DeleteInstance, InstanceRef, new_request_id
+from common.messages import ConsoleLog, DeleteInstance, InstanceInfo, InstanceRef, new_request_id
 from tests.hosts import REPO, NamespaceHost, console_script, wait_for
 
 from .conftest import SHARED_CONF, Controller, Deployment, write_config
@@ -134,6 +134,30 @@ def test_tcg_guest_boots_reports_ready_and_answers_ping(
                 what="the guest to answer ping",
             )
             assert pinged
+
+            # Restart the agent: QEMU outlives it, the new one reconnects to the embed
+            # root and finds the guest from its metadata (the host is the truth).
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(timeout=30) == 0
+            qemu_before = _qemu_pids(str(embed))
+            assert qemu_before, "QEMU must outlive the agent"
+            agent = host.spawn(
+                [
+                    console_script("compute-agent"),
+                    "--config-file",
+                    str(SHARED_CONF),
+                    "--config-file",
+                    str(config),
+                ],
+                deployment.tmp / "agent.log",
+            )
+            wait_for(lambda: _answers(controller, agent), 60, interval=0.5, what="agent back")
+            info = controller.compute.call("get_instance", InstanceRef(instance_uuid=spec.uuid))
+            assert isinstance(info, InstanceInfo)
+            assert info.state == "running" and info.uptime_s is not None and info.uptime_s > 1
+            assert _qemu_pids(str(embed)) == qemu_before  # reconcile left it alone
+            assert '"running": 1' in (deployment.tmp / "agent.log").read_text()
+
             rid = new_request_id()
             controller.compute.cast(
                 "delete_instance",
