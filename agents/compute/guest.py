@@ -26,7 +26,6 @@ from agents.compute.errors import GuestXmlError
 
 METADATA_NS = "urn:agents:instance:1.0"
 METADATA_PREFIX = "agents"
-_PREFIX = METADATA_PREFIX
 
 
 def _q(tag: str) -> str:
@@ -118,8 +117,8 @@ class InstanceMetadata(ConfigObject):
     fault: str | None = None
 
     def format_dom(self) -> ET.Element:
-        p = f"{_PREFIX}:"
-        root = ET.Element(f"{p}instance", {f"xmlns:{_PREFIX}": METADATA_NS, "version": "1"})
+        p = f"{METADATA_PREFIX}:"
+        root = ET.Element(f"{p}instance", {f"xmlns:{METADATA_PREFIX}": METADATA_NS, "version": "1"})
         _sub(root, f"{p}uuid", self.uuid)
         _sub(root, f"{p}name", self.name)
         _sub(
@@ -164,7 +163,7 @@ class InstanceMetadata(ConfigObject):
         el = self.format_dom()
         for node in el.iter():
             node.tag = node.tag.split(":", 1)[-1]
-        del el.attrib[f"xmlns:{_PREFIX}"]
+        del el.attrib[f"xmlns:{METADATA_PREFIX}"]
         return ET.tostring(el, encoding="unicode")
 
     @classmethod
