@@ -111,6 +111,13 @@ install_accounts() {
         say "created group $GROUP"
         record "group $GROUP"
     fi
+    # libvirt's QEMU driver refuses to open without a group of this name, even before it
+    # reads qemu.conf (measured); Debian's libvirt-daemon-system would create both.
+    if ! has_group libvirt-qemu; then
+        groupadd "${ACCOUNT_ARGS[@]}" --system libvirt-qemu
+        say "created group libvirt-qemu"
+        record "group libvirt-qemu"
+    fi
     if ! has_user libvirt-qemu; then
         has_group kvm || { groupadd "${ACCOUNT_ARGS[@]}" --system kvm && record "group kvm"; }
         useradd "${ACCOUNT_ARGS[@]}" --system --no-create-home --home-dir /var/lib/libvirt \

@@ -34,8 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-# libvirt's QEMU driver (qemu:///embed included) refuses to start without this user,
-# even when qemu.conf runs guests as root (PLATFORM.md).
+# libvirt's QEMU driver (qemu:///embed included) refuses to start without this user and
+# a group of the same name, even when qemu.conf runs guests as root (PLATFORM.md).
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 if ! getent passwd libvirt-qemu >/dev/null; then
     getent group kvm >/dev/null || groupadd --system kvm
     useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin \
