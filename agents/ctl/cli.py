@@ -337,6 +337,11 @@ def _run(args: argparse.Namespace, ui: Ui) -> int:
     from common.config import load
 
     files = config_files(args.config_file)
+    if not files:
+        ui.warn(
+            "no config file read (give --config-file or $AGENTS_CONFIG, or install"
+            " /etc/agents/shared.conf): no flavors or networks are known"
+        )
     config = load(CtlConfig, files)
     _precheck(args, config)
     if args.command == "completion":
