@@ -32,7 +32,7 @@ from agents.ctl.errors import (
     AmbiguousName,
     InstanceNotFound,
 )
-from agents.ctl.progress import Operation, PortTracker, Tracker, Update
+from agents.ctl.progress import EventFilter, Operation, PortTracker, Tracker, Update
 from agents.ctl.seen import AgentStatus, SeenStore
 from agents.ctl.settings import CtlConfig, state_dir
 from common.errors import (
@@ -493,26 +493,15 @@ class Client:
         """
         self.check_broker()
         vif_key = f"{vif_events_topic(planning.check_host(host))}.*" if host else "vif_events.#"
-        wanted = _as_uuid(instance) if instance else None
+        keep = EventFilter(host, instance)
         with watching(self.config.messaging, [self._events_key, vif_key]) as watcher:
             if on_ready is not None:
                 on_ready()
             deadline = None if duration is None else self.clock() + duration
             while deadline is None or (left := deadline - self.clock()) > 0:
                 for ev in watcher.poll(0.5 if deadline is None else min(left, 0.5)):
-                    if _matches(ev, host, instance, wanted):
+                    if keep.matches(ev.payload):
                         yield ev
-
-
-def _matches(ev: Event, host: str | None, instance: str | None, wanted: UUID | None) -> bool:
-    payload = ev.payload
-    if host is not None and getattr(payload, "host", None) != host:
-        return False
-    if instance is not None:
-        if wanted is not None:
-            return getattr(payload, "instance_uuid", None) == wanted
-        return getattr(payload, "name", None) == instance
-    return True
 
 
 def _as_uuid(ref: str) -> UUID | None:

@@ -8,6 +8,7 @@ the updates.
 
 from __future__ import annotations
 
+import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -170,3 +171,41 @@ class PortTracker:
                 )
             ]
         return []
+
+
+class EventFilter:
+    """`watch --host/--instance`: which events to show.
+
+    An instance given by name is matched by name where an event carries one (create
+    events do) and by the uuids learned from those afterwards, since delete, reboot and
+    port events carry only the uuid; a port is matched by its instance uuid, or by its
+    port id once learned (a vif_unplugged may not name the instance).
+    """
+
+    def __init__(self, host: str | None = None, instance: str | None = None) -> None:
+        self.host = host
+        self.name: str | None = None
+        self.uuids: set[UUID] = set()
+        self.ports: set[UUID] = set()
+        if instance is not None:
+            try:
+                self.uuids.add(uuidlib.UUID(instance))
+            except ValueError:
+                self.name = instance
+
+    def matches(self, payload: object) -> bool:
+        if self.host is not None and getattr(payload, "host", None) != self.host:
+            return False
+        if self.name is None and not self.uuids:
+            return True
+        uuid = getattr(payload, "instance_uuid", None)
+        port = getattr(payload, "port_id", None)
+        if self.name is not None and getattr(payload, "name", None) == self.name:
+            if isinstance(uuid, uuidlib.UUID):
+                self.uuids.add(uuid)
+            return True
+        if uuid in self.uuids:
+            if isinstance(port, uuidlib.UUID):
+                self.ports.add(port)
+            return True
+        return port in self.ports

@@ -49,6 +49,8 @@ def test_watch_streams_filtered_events_as_lines_and_json(deployment: Deployment)
     for name in ("web", "other"):
         res = deployment.agentctl("send", "build", "--host", node.name, "--name", name, "--wait")
         assert res.returncode == 0, res.stdout + res.stderr
+    res = deployment.agentctl("send", "delete", "--host", node.name, "web", "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
     time.sleep(0.5)  # the watchers got the events within milliseconds; leave them a margin
     events = json_lines(_stop(everything))
     lines = _stop(only_web).splitlines()
@@ -67,9 +69,21 @@ def test_watch_streams_filtered_events_as_lines_and_json(deployment: Deployment)
 
     # terminal lines: one per event, this instance only, readable facts
     assert lines, "no lines for web"
-    assert all(" web (" in line for line in lines), lines
+    web_uuid = next(
+        e["payload"]["instance_uuid"] for e in events if e["payload"].get("name") == "web"
+    )
+    web_port = next(
+        e["payload"]["port_id"]
+        for e in events
+        if e["event_type"] == "port.vif_plugged" and e["payload"]["instance_uuid"] == web_uuid
+    )
+    assert all(web_uuid[:8] in line or web_port[:8] in line for line in lines), lines
+    assert not any("other" in line for line in lines), lines
     end = [line for line in lines if "instance.create.end" in line]
     assert len(end) == 1 and node.name in end[0] and "state=running" in end[0]
+    # delete and port events carry only the uuid: the filter learned it from the name
+    assert any("instance.delete.end" in line for line in lines), "\n".join(lines)
+    assert any("port.vif_unplugged" in line for line in lines), "\n".join(lines)
 
 
 def test_two_hosts_discovery_unique_addresses_and_agents(deployment: Deployment) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from agents.ctl.progress import PortTracker, Tracker
+from agents.ctl.progress import EventFilter, PortTracker, Tracker
 from common.messages import AgentHeartbeat, InstanceEvent, VifEvent, utcnow
 
 I1, I2, OTHER = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -69,3 +69,23 @@ def test_port_tracker_waits_for_each_unplug() -> None:
     assert not t.finished
     t.feed("port.vif_unplugged", VifEvent(host="node1", port_id=P2))
     assert t.finished
+
+
+def test_event_filter_by_name_learns_the_uuid_for_events_without_a_name() -> None:
+    keep = EventFilter(instance="web")
+    assert not keep.matches(iev(I1))  # no name, uuid not learned yet
+    assert keep.matches(iev(I1, name="web"))
+    assert keep.matches(iev(I1))  # delete/reboot events carry only the uuid
+    assert keep.matches(VifEvent(host="node1", port_id=P1, instance_uuid=I1))
+    assert keep.matches(VifEvent(host="node1", port_id=P1))  # unplugged: port id learned
+    assert not keep.matches(iev(I2, name="other"))
+    assert not keep.matches(VifEvent(host="node1", port_id=P2))
+
+
+def test_event_filter_by_uuid_and_host() -> None:
+    keep = EventFilter(host="node1", instance=str(I2))
+    assert keep.matches(iev(I2))
+    assert not keep.matches(iev(I1, name="web"))
+    assert not keep.matches(InstanceEvent(host="node2", instance_uuid=I2))
+    assert EventFilter().matches({"raw": 1})  # no filter: everything, even unreadable
+    assert not EventFilter(host="node1").matches({"raw": 1})
