@@ -25,6 +25,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
@@ -37,7 +38,7 @@ from agents.l2.errors import L2Error, UnknownNetwork
 from agents.l2.metrics import L2Metrics
 from agents.l2.settings import L2Config
 from agents.l2.store import PortRecord, PortStore, now
-from agents.l2.wiring import LinkOps, Wiring
+from agents.l2.wiring import Link, LinkOps, Wiring
 from common.config import NetworkSpec
 from common.messages import (
     Message,
@@ -250,13 +251,18 @@ class L2Manager:
         )
         self._plug(port, request_id, started, always_report=True)
 
-    def ensure(self, port_id: UUID, why: str) -> None:
+    def ensure(self, port_id: UUID, why: str, known: Link | None = None) -> None:
         """Make the kernel match the record of `port_id` again (reconcile, a vanished device)."""
         record = self.record(port_id)
         if record is None or record.wanted != "present" or record.port is None:
             return
         self._plug(
-            record.port, record.request_id, self._clock(), always_report=why == "reconcile", why=why
+            record.port,
+            record.request_id,
+            self._clock(),
+            always_report=why == "reconcile",
+            why=why,
+            known=known,
         )
 
     # ------------------------------------------------------------------ plug / unplug
@@ -269,12 +275,13 @@ class L2Manager:
         *,
         always_report: bool,
         why: str = "message",
+        known: Link | None = None,
     ) -> bool:
         tap = names.tap_name(port.id)
         bridge = names.bridge_name(port.network_id)
         try:
             net = self._network(port.network_id)  # before any device: nothing to undo
-            changed = self._wiring.plug(port, net)
+            changed = self._wiring.plug(port, net, known)
         except L2Error as err:
             self._set_status(port.id, "failed", err.reason)
             self._metrics.plugs.labels(result="failed").inc()
@@ -355,17 +362,19 @@ class L2Manager:
                 if record.wanted == "present":
                     self._by_tap[names.tap_name(record.port_id)] = record.port_id
                     self._status[record.port_id] = _Status("pending")
-        replugged = failed = 0
-        for record in records.values():
-            if record.wanted == "present" and record.port is not None:
-                with structlog.contextvars.bound_contextvars(port_id=str(record.port_id)):
-                    self.ensure(record.port_id, why="reconcile")
-                with self._lock:
-                    status = self._status.get(record.port_id)
-                if status is None or status.state == "failed":
-                    failed += 1
-                else:
-                    replugged += 1
+        wanted = [r.port_id for r in records.values() if r.wanted == "present" and r.port]
+        # Ports in parallel: kernel work still serialises on each network's lock, but
+        # reporting vif_plugged (a broker round trip each) overlaps. Nothing consumes
+        # messages yet, so no message for these ports can interleave.
+        # One dump of the namespace instead of a read per port.
+        snapshot = {link.name: link for link in self._wiring.links()}
+        with ThreadPoolExecutor(self._l2.workers, thread_name_prefix="l2-reconcile") as pool:
+            list(pool.map(lambda p: self._reconcile_port(p, snapshot), wanted))
+        with self._lock:
+            failed = sum(
+                1 for p in wanted if self._status.get(p, _Status("failed")).state == "failed"
+            )
+        replugged = len(wanted) - failed
         with self._lock:
             wanted_nets = {
                 r.network_id
@@ -390,6 +399,10 @@ class L2Manager:
             elapsed_ms=round(elapsed * 1000, 1),
         )
         return report
+
+    def _reconcile_port(self, port_id: UUID, snapshot: dict[str, Link]) -> None:
+        with structlog.contextvars.bound_contextvars(port_id=str(port_id)):
+            self.ensure(port_id, why="reconcile", known=snapshot.get(names.tap_name(port_id)))
 
     def device_vanished(self, device: str) -> list[UUID]:
         """A device was deleted behind our back: forget what we knew of its network and

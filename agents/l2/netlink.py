@@ -71,12 +71,37 @@ def translate(
     )
 
 
+def enter_namespace(namespace: str) -> None:
+    """Move the calling thread (only it: setns(2) is per thread) into `namespace`."""
+    if not namespace:
+        return
+    try:
+        fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _libc().setns(fd, CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code))
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise NetlinkFailure(
+            op="setns",
+            device="*",
+            namespace=namespace,
+            errno=err.errno or -1,
+            problem=err.strerror or str(err),
+        ) from err
+
+
 class _InNamespace:
-    """A thread that has entered the namespace and runs calls there.
+    """A thread that has entered the namespace and runs every netlink call there.
 
     setns(2) changes the namespace of the calling thread only, so one long-lived thread
-    can sit in the agent's namespace: opening /dev/net/tun there makes the tap there.
-    (pyroute2's own tuntap path forks a helper per tap in a namespace, about 25 ms.)
+    sits in the agent's namespace: sockets it opens and the taps it makes (opening
+    /dev/net/tun) belong to that namespace, with no fork. That matters: pyroute2's sync
+    IPRoute keeps a socket per thread and, for a namespace, forks a helper to open each
+    one (and one per tap), which costs ~25 ms and can hang when forking a process that
+    runs other threads. All pyroute2 work therefore goes through this one thread.
     """
 
     def __init__(self, namespace: str) -> None:
@@ -93,24 +118,9 @@ class _InNamespace:
 
     def _run(self, entered: Future[None]) -> None:
         try:
-            if self.namespace:
-                fd = os.open(f"/run/netns/{self.namespace}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if _libc().setns(fd, CLONE_NEWNET) != 0:
-                        code = ctypes.get_errno()
-                        raise OSError(code, os.strerror(code))
-                finally:
-                    os.close(fd)
-        except OSError as err:
-            entered.set_exception(
-                NetlinkFailure(
-                    op="setns",
-                    device="*",
-                    namespace=self.namespace,
-                    errno=err.errno or -1,
-                    problem=err.strerror or str(err),
-                )
-            )
+            enter_namespace(self.namespace)
+        except NetlinkFailure as err:
+            entered.set_exception(err)
             return
         entered.set_result(None)
         while (item := self._calls.get()) is not None:
@@ -146,16 +156,15 @@ def _make_tap(name: str) -> int:
 
 
 class Netlink:
-    """Link operations in one namespace. Thread-safe: calls are serialised by a lock
-    (one netlink socket; each call takes a millisecond or two)."""
+    """Link operations in one namespace. Thread-safe: writes run one at a time on the
+    namespace thread, reads on a socket of their own (see _rtnl.py)."""
 
     def __init__(self, namespace: str = "") -> None:
         self.namespace = namespace
-        self._lock = threading.Lock()
-        # Entering the namespace first fails clearly when it does not exist; pyroute2
-        # would otherwise create it (its default flags include O_CREAT).
+        # Entering the namespace first fails clearly when it does not exist (pyroute2's
+        # netns= would create it). The IPRoute is made, and only ever used, inside.
         self._inside = _InNamespace(namespace)
-        self._ipr = IPRoute(netns=namespace, flags=0) if namespace else IPRoute()
+        self._ipr = self._inside.call(IPRoute)
         # Reads go over a plain socket made inside the namespace (see _rtnl.py).
         self._reader = LinkReader(
             self._inside.call(
@@ -164,19 +173,16 @@ class Netlink:
         )
 
     def close(self) -> None:
+        self._inside.call(self._ipr.close)
         self._inside.close()
         self._reader.close()
-        with self._lock:
-            self._ipr.close()
 
     def _call(self, op: str, device: str, fn: Callable[[], Any], kind: str | None = None) -> Any:
-        with self._lock:
-            try:
-                return fn()
-            except NetlinkError as err:
-                raise translate(
-                    err, op=op, device=device, namespace=self.namespace, kind=kind
-                ) from err
+        # One thread runs every call, in order (see _InNamespace): no lock needed.
+        try:
+            return self._inside.call(fn)
+        except NetlinkError as err:
+            raise translate(err, op=op, device=device, namespace=self.namespace, kind=kind) from err
 
     def _must(self, name: str) -> Link:
         found = self.link(name)
@@ -399,7 +405,8 @@ class LinkEvents:
 
     async def _watch(self) -> None:
         self._task = asyncio.current_task()
-        ipr = AsyncIPRoute(netns=self.namespace, flags=0) if self.namespace else AsyncIPRoute()
+        enter_namespace(self.namespace)  # this thread only; then no fork to open the socket
+        ipr = AsyncIPRoute()
         try:
             await ipr.bind()
             self._loop = asyncio.get_running_loop()

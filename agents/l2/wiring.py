@@ -35,6 +35,8 @@ from agents.l2.settings import L2Settings
 from common.config import NetworkSpec
 from common.messages import MTU_MIN, Port
 
+__all__ = ["Link", "LinkOps", "Wiring"]
+
 log = structlog.get_logger()
 
 
@@ -101,6 +103,10 @@ class Wiring:
         with lock:
             yield
 
+    def links(self) -> list[Link]:
+        """Every link in the namespace (one dump)."""
+        return self._links.links()
+
     def forget(self, network_id: UUID) -> None:
         """Check the network against the kernel again at its next plug."""
         with self._network_lock(network_id):
@@ -115,24 +121,27 @@ class Wiring:
         self._observe(step, t1 - t0)
         return t1
 
-    def plug(self, port: Port, net: NetworkSpec) -> bool:
+    def plug(self, port: Port, net: NetworkSpec, known: Link | None = None) -> bool:
         """Bring the kernel to the port's wanted state. True if anything had to change.
 
         The network part (bridge, uplink) is checked against the kernel unless this agent
         has seen it wired since it last changed; then the bridge known from that check is
         used. A deletion behind our back clears that knowledge (`device_vanished`), and a
         stale entry makes the fast path fail over to a full check. The tap is always
-        checked. Raises an L2Error after removing what this attempt created.
+        checked: read now, or taken from `known` (a dump made for this purpose, as in the
+        start-up reconcile). Raises an L2Error after removing what this attempt created.
         """
         with self._network_lock(net.uuid):
             if net.uuid in self._ready:
                 try:
-                    return self._wire_locked(port, net, full=False)
+                    return self._wire_locked(port, net, full=False, known=known)
                 except L2Error as err:
                     log.info("fast_path_retry", reason=err.reason)
             return self._wire_locked(port, net, full=True)
 
-    def _wire_locked(self, port: Port, net: NetworkSpec, *, full: bool) -> bool:
+    def _wire_locked(
+        self, port: Port, net: NetworkSpec, *, full: bool, known: Link | None = None
+    ) -> bool:
         tap = names.tap_name(port.id)
         mac = names.host_mac(port.mac)
         mtu = port.mtu or net.mtu
@@ -149,19 +158,22 @@ class Wiring:
                 self._ready[net.uuid] = br
                 changed |= made
             br = self._ready[net.uuid]
-            dev = self._links.link(tap)
+            dev = known if known is not None and known.name == tap else self._links.link(tap)
             if dev is None:
                 dev = self._links.add_tap(tap)
                 created.append(tap)
             elif dev.kind != "tun":
                 raise WiringMismatch(device=tap, problem=f"exists as a {dev.kind or 'plain'} link")
             t = self._timed("tap", t)
+            after: Link | None = dev
             if (dev.mac, dev.mtu, dev.master, dev.up) != (mac, mtu, br.index, port.admin_state_up):
-                # MAC, MTU, master and state in one request.
+                # MAC, MTU, master and state in one request, then read back: vif_plugged
+                # is reported only for what the kernel says it did. (Nothing to change
+                # means what was just read already is that answer.)
                 self._links.set(dev, master=br, up=port.admin_state_up, mtu=mtu, mac=mac)
                 changed = True
+                after = self._links.link(tap)
             t = self._timed("attach", t)
-            after = self._links.link(tap)
             if after is None or after.master != br.index or after.up != port.admin_state_up:
                 raise WiringMismatch(
                     device=tap,
