@@ -1,10 +1,12 @@
 """The netlink edge: the only module that imports pyroute2.
 
-`Netlink` owns one open `IPRoute` bound to one network namespace (opening one costs
-about 18 ms, PLATFORM.md, so it is kept open) and offers the few link operations the
-manager needs. Every operation runs in that namespace; pyroute2's `NetlinkError` is
-turned into typed errors carrying the device, namespace and errno. `LinkEvents` follows
-RTNLGRP_LINK in the same namespace from its own thread.
+`Netlink` offers the few link operations the wiring needs, all in one network namespace
+(empty = the process's own). A thread that entered the namespace with setns(2) owns the
+one `IPRoute` (kept open: opening one costs ~18 ms, PLATFORM.md) and runs every write
+and every tap creation (TUNSETIFF on /dev/net/tun) there, so nothing ever forks. Reads go
+through the small rtnetlink reader in _rtnl.py. pyroute2's `NetlinkError` and OS errors
+become typed errors carrying the device, namespace and errno. `LinkEvents` follows
+RTNLGRP_LINK in the same namespace from its own thread (kernel push, no polling).
 
 It must not decide anything: no naming, no policy about what to create or remove.
 """
