@@ -22,12 +22,18 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import kombu
+
+# oslo.messaging imports eventlet through oslo.service/futurist, which warns that eventlet
+# is deprecated at import; nothing here uses or monkey-patches eventlet (PLATFORM.md), so
+# the warning only adds noise to every daemon's journal.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging import opts as om_opts
@@ -342,7 +348,7 @@ def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
         return
     try:
         with kombu.Connection(url, connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
     except (TimeoutError, OSError) as err:
         raise BrokerUnreachable(url=shown, problem=str(err) or type(err).__name__) from err
     except Exception as err:  # amqp raises many kinds (AccessRefused, ...); all mean "no"
@@ -365,7 +371,7 @@ def queue_state(settings: MessagingSettings, name: str, timeout: float = 3.0) ->
     """
     try:
         with kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, timeout=timeout)
+            conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
             channel = conn.channel()
             try:
                 ok = channel.queue_declare(queue=name, passive=True)

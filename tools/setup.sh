@@ -53,6 +53,15 @@ if command -v rabbitmq-server >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 
     done
 fi
 
+# The oslo Notifier declares a durable queue <topic>.<priority> for every notification
+# topic and nobody may consume it (agents_events.info is only watched through private
+# queues): bound those queues, as tools/install.sh does on a real deployment.
+if command -v rabbitmqctl >/dev/null; then
+    rabbitmqctl set_policy --apply-to queues --priority 0 agents-notifications \
+        '^(agents_events|vif_events)\.' '{"max-length":10000,"message-ttl":3600000}' >/dev/null \
+        || echo "setup.sh: WARNING: could not set the RabbitMQ policy bounding notification queues" >&2
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi

