@@ -75,7 +75,7 @@ class L2Agent:
     # ------------------------------------------------------------------ Service
 
     def start(self) -> None:
-        if self._metrics_listen and not self._metrics_listen.endswith(":0"):
+        if self._metrics_listen:  # port 0: any free port, as common.config documents
             self.metrics_port = self._metrics.registry.serve(self._metrics_listen)
             log.info("metrics_serving", listen=self._metrics_listen, port=self.metrics_port)
         # Follow link events before reconciling so nothing deleted meanwhile is missed.
