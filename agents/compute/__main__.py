@@ -19,6 +19,7 @@ from agents.compute.manager import ComputeManager
 from agents.compute.reporter import Reporter
 from agents.compute.service import ComputeService
 from agents.compute.settings import ComputeConfig
+from agents.compute.taps import TapProbe
 from agents.compute.telemetry import ComputeMetrics
 from agents.compute.waiter import VifWaiter
 from common import config as config_mod
@@ -90,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter=reporter,
         metrics=metrics,
         version=agent_version(),
+        taps=TapProbe(),
     )
 
     def reload_config() -> None:

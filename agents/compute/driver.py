@@ -135,6 +135,11 @@ def get_guest_config(
     # Only KVM can pass the host CPU through; under TCG (and the test driver) QEMU's
     # default model is the one that works (PLATFORM.md: no usable KVM here).
     guest.cpu = Cpu(mode="host-passthrough") if domain_type == "kvm" else None
+    # ACPI: without it QEMU's i440fx bus refuses PCI hot-unplug ("Bus 'pci.0' does not
+    # support hotplugging"), so a NIC could never be re-plugged onto a re-created tap
+    # (replug.py), and soft reboot/shutdown have no way to ask the guest. The test
+    # driver takes the element but has no use for it: its XML stays as it was.
+    guest.features = ["acpi"] if domain_type in ("qemu", "kvm") else []
     if isinstance(image, KernelImage):
         guest.os = OsBoot(
             kernel=str(image.kernel),

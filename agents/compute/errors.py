@@ -57,3 +57,7 @@ class VifPlugFailed(AgentsError):
 
 class BuildAborted(AgentsError):
     msg_fmt = "build of {instance} aborted: {reason}"
+
+
+class ReplugFailed(AgentsError):
+    msg_fmt = "re-plug of port {port} of instance {instance} failed: {problem}"

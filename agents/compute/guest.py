@@ -382,6 +382,8 @@ class Guest(ConfigObject):
     vcpus: int
     os: OsBoot = field(default_factory=OsBoot)
     cpu: Cpu | None = None
+    # Hypervisor features by name, each rendered as an empty element (`<acpi/>`).
+    features: list[str] = field(default_factory=list)
     disks: list[Disk] = field(default_factory=list)
     interfaces: list[Interface] = field(default_factory=list)
     serials: list[SerialFile] = field(default_factory=list)
@@ -399,6 +401,10 @@ class Guest(ConfigObject):
         _sub(root, "memory", str(self.memory_kib), unit="KiB")
         _sub(root, "vcpu", str(self.vcpus))
         root.append(self.os.format_dom())
+        if self.features:
+            features = _sub(root, "features")
+            for name in self.features:
+                _sub(features, name)
         if self.cpu is not None:
             root.append(self.cpu.format_dom())
         _sub(root, "on_poweroff", self.on_poweroff)
@@ -420,6 +426,7 @@ class Guest(ConfigObject):
             raise GuestXmlError(element="memory", problem=f"unknown unit {unit!r}")
         os_el = el.find("os")
         cpu_el = el.find("cpu")
+        features_el = el.find("features")
         meta_el = el.find(f"metadata/{_q('instance')}")
         devices = el.find("devices")
         try:
@@ -431,6 +438,7 @@ class Guest(ConfigObject):
                 vcpus=int(_need(el, "vcpu")),
                 os=OsBoot.parse_dom(os_el) if os_el is not None else OsBoot(),
                 cpu=Cpu.parse_dom(cpu_el) if cpu_el is not None else None,
+                features=[f.tag for f in features_el] if features_el is not None else [],
                 disks=[
                     Disk.parse_dom(d)
                     for d in (devices.iterfind("disk") if devices is not None else ())
@@ -460,6 +468,22 @@ def parse_guest(xml: str) -> Guest:
         return Guest.parse_dom(ET.fromstring(xml))
     except ET.ParseError as err:
         raise GuestXmlError(element="domain", problem=f"not well-formed: {err}") from err
+
+
+def interface_macs(xml: str) -> set[str]:
+    """MAC addresses of every `<interface>` of a domain XML (any type), lower-cased.
+
+    Reads only the interfaces, so it accepts a live XML with devices this model does not
+    know (QEMU's controllers, aliases, addresses)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as err:
+        raise GuestXmlError(element="domain", problem=f"not well-formed: {err}") from err
+    return {
+        mac.lower()
+        for el in root.iterfind("devices/interface/mac")
+        if (mac := el.get("address")) is not None
+    }
 
 
 def parse_metadata(xml: str) -> InstanceMetadata:

@@ -16,6 +16,14 @@ Facts it relies on (PLATFORM.md):
 - right after reconnecting to a running embed QEMU, destroy() may raise "domain is not
   running" while it does kill QEMU: check isActive() rather than trusting the error.
 - libvirt connections are thread-safe; one connection serves every build thread.
+- the QEMU driver puts each guest's monitor socket at
+  `<root>/lib/qemu/domain-<id>-<name[:20]>/monitor.sock` (embed; libvirt's short domain
+  name keeps 20 characters of the name), and a unix socket path must fit sun_path
+  (108 bytes with its NUL): a longer embed root makes every start fail, so it is
+  refused at connect.
+- detachDeviceFlags(AFFECT_LIVE) asks the guest to release the device (ACPI PCI
+  hot-unplug) and waits up to 5 s for QEMU's DEVICE_DELETED; it may return before the
+  device is gone, so callers check the live XML before attaching it again.
 """
 
 from __future__ import annotations
@@ -57,6 +65,12 @@ swtpm_user = "root"
 swtpm_group = "root"
 """
 
+# sun_path of struct sockaddr_un is 108 bytes, the terminating NUL included.
+UNIX_PATH_MAX = 108
+# The longest domain id libvirt hands out (an int) and the short name it keeps.
+_MAX_DOMAIN_ID = 2**31 - 1
+_SHORT_NAME_MAX = 20
+
 
 def embed_root(uri: str) -> Path | None:
     parts = urlsplit(uri)
@@ -64,6 +78,28 @@ def embed_root(uri: str) -> Path | None:
         return None
     root = parse_qs(parts.query).get("root", [""])[0]
     return Path(root) if root else None
+
+
+def monitor_socket_path(root: Path, domain_id: int = _MAX_DOMAIN_ID) -> str:
+    """The longest QEMU monitor socket path a guest of this embed root can get."""
+    short = "x" * _SHORT_NAME_MAX  # our domain names are longer than 20 characters
+    return f"{root}/lib/qemu/domain-{domain_id}-{short}/monitor.sock"
+
+
+def check_embed_root(root: Path) -> None:
+    """Refuse an embed root under which QEMU's monitor socket could not be bound."""
+    longest = monitor_socket_path(root)
+    if len(longest.encode()) >= UNIX_PATH_MAX:
+        raise HypervisorUnavailable(
+            uri=f"qemu:///embed?root={root}",
+            problem=(
+                f"the embed root {root} is too long: QEMU's monitor socket would be "
+                f"{longest} ({len(longest.encode())} bytes), over the {UNIX_PATH_MAX}-byte "
+                "limit of a unix socket path (sun_path, with its NUL); choose a root of at "
+                f"most {UNIX_PATH_MAX - 1 - (len(longest.encode()) - len(str(root).encode()))}"
+                " bytes"
+            ),
+        )
 
 
 class _EventLoop:
@@ -108,6 +144,7 @@ class Hypervisor:
         libvirt.registerErrorHandler(_ignore_error, None)
         root = embed_root(self.uri)
         if root is not None:
+            check_embed_root(root)
             conf = root / "etc" / "qemu.conf"
             if not conf.exists():
                 conf.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +276,41 @@ class Hypervisor:
         except libvirt.libvirtError as err:
             raise HypervisorError(
                 operation="reboot", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def live_xml(self, uuid: UUID) -> str | None:
+        """The running guest's XML (devices as QEMU has them now); None if not running."""
+        dom = self._lookup(uuid)
+        if dom is None:
+            return None
+        try:
+            return str(dom.XMLDesc(0)) if dom.isActive() else None
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise HypervisorError(
+                operation="live_xml", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def detach_device(self, uuid: UUID, device_xml: str) -> None:
+        """Ask the running guest to release a device (see module docstring: may return
+        before it is gone)."""
+        dom = self._need(uuid, "detach_device")
+        try:
+            dom.detachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                operation="detach_device", instance=str(uuid), problem=_msg(err)
+            ) from err
+
+    def attach_device(self, uuid: UUID, device_xml: str) -> None:
+        """Hot-plug a device into the running guest (the definition is left as it is)."""
+        dom = self._need(uuid, "attach_device")
+        try:
+            dom.attachDeviceFlags(device_xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as err:
+            raise HypervisorError(
+                operation="attach_device", instance=str(uuid), problem=_msg(err)
             ) from err
 
     def set_metadata(self, uuid: UUID, element_xml: str, prefix: str, namespace: str) -> None:

@@ -8,9 +8,10 @@ otherwise); nothing raised in a cast may stop the server consuming. RPC casts ar
 acknowledged before the endpoint runs (PLATFORM.md): a build accepted here is the
 pipeline's to finish or to fail visibly.
 
-Builds go to `builds.BuildPipeline`; delete and reboot run here under the same
-per-instance lock and tombstones (`builds.InstanceTable`); list/get read the host's
-truth (libvirt) through `records`. It must not import libvirt, qemu-img or oslo.
+Builds go to `builds.BuildPipeline`; a port.vif_plugged for a running guest goes to
+`replug.Replugger` (its tap may have been re-created under QEMU); delete and reboot run
+here under the same per-instance lock and tombstones (`builds.InstanceTable`); list/get
+read the host's truth (libvirt) through `records`. It must not import libvirt, qemu-img or oslo.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from agents.compute.records import (
     owned_domains,
     read_record,
 )
+from agents.compute.replug import Replugger, TapState
 from agents.compute.reporter import Reporter
 from agents.compute.settings import ComputeConfig
+from agents.compute.taps import TapProbe
 from agents.compute.telemetry import ComputeMetrics
-from agents.compute.waiter import VifWaiter
+from agents.compute.waiter import PLUGGED, VifWaiter
 from common.errors import AgentsError, InvalidMessage
 from common.messages import (
     AgentHeartbeat,
@@ -70,6 +73,7 @@ class ComputeManager:
         metrics: ComputeMetrics,
         version: str,
         clock: Callable[[], float] = time.monotonic,
+        taps: TapState | None = None,
     ) -> None:
         self.host = config.DEFAULT.host
         self.hv = hypervisor
@@ -86,6 +90,9 @@ class ComputeManager:
             config, hypervisor, images, waiter, reporter, metrics, self.table, clock
         )
         self._reconciler = Reconciler(hypervisor, images, reporter, metrics)
+        self.replugger = Replugger(
+            hypervisor, taps if taps is not None else TapProbe(), self.table, reporter, metrics
+        )
 
     # ================================================================== casts
 
@@ -220,6 +227,10 @@ class ComputeManager:
             return
         log.debug("vif_event", event_type=event_type, port_id=str(payload.port_id))
         self.waiter.on_event(event_type, payload.port_id, payload.reason)
+        if event_type == PLUGGED:
+            # A build's own event is taken by the waiter above; one for a running guest
+            # may mean its tap was re-created under QEMU (replug.py decides).
+            self.replugger.on_plugged(payload)
 
     # ================================================================== life cycle
 
@@ -248,6 +259,7 @@ class ComputeManager:
     def drain(self, grace: float) -> None:
         """SIGTERM: in-flight builds finish within `grace` or fail visibly; events flushed."""
         self.pipeline.drain(grace)
+        self.replugger.close()
         self.reporter.flush(timeout=5)
 
     # ================================================================== delete

@@ -34,5 +34,10 @@ class ComputeMetrics:
         self.reconcile = registry.counter(
             "reconcile_total", "start-up reconcile findings by action", ("action",)
         )
+        self.replugs = registry.counter(
+            "interface_replugs_total",
+            "port.vif_plugged for a running guest, by outcome (replugged, error, or why not)",
+            ("result",),
+        )
         self.builds_in_flight = registry.gauge("builds_in_flight", "builds accepted, not finished")
         self.instances = registry.gauge("instances", "domains this agent owns, at last count")

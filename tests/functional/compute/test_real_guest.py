@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 
 from agents.compute import vif
-from common.messages import ConsoleLog, DeleteInstance, InstanceInfo, InstanceRef, new_request_id
+from common.messages import (
+    ConsoleLog,
+    DeleteInstance,
+    InstanceInfo,
+    InstanceRef,
+    VifEvent,
+    new_request_id,
+)
 from tests.hosts import REPO, NamespaceHost, console_script, wait_for
 
 from .conftest import SHARED_CONF, Controller, Deployment, write_config
@@ -135,6 +142,42 @@ def test_tcg_guest_boots_reports_ready_and_answers_ping(
             )
             assert pinged
 
+            # The tap is deleted under the running QEMU and re-created in the bridge, as
+            # the l2-agent does after a restart (issue 6 item 7). QEMU keeps the fd of the
+            # deleted tap, so the guest stays cut off until its NIC is re-plugged.
+            host.exec_check(["ip", "link", "del", tap])
+            for cmd in (
+                ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+                ["ip", "link", "set", tap, "master", bridge, "up"],
+            ):
+                host.exec_check(cmd)
+            assert not _pings(host.name, "10.10.0.10"), "a re-created tap is not QEMU's"
+            replug_sent = time.monotonic()
+            controller.vif_notifier.info(
+                "port.vif_plugged",
+                VifEvent(
+                    host=deployment.host,
+                    port_id=port.id,
+                    network_id=port.network_id,
+                    instance_uuid=spec.uuid,
+                    device=tap,
+                    bridge=bridge,
+                ),
+            )
+            replugged = controller.wait_event(
+                spec.uuid, {"instance.interface.replugged", "instance.interface.error"}, 20
+            )
+            assert replugged.event_type == "instance.interface.replugged", replugged.payload
+            wait_for(
+                lambda: _pings(host.name, "10.10.0.10"), 15, 0.3, what="ping after the re-plug"
+            )
+            print(f"guest answered {time.monotonic() - replug_sent:.1f}s after vif_plugged")
+            # Idempotent: the same event again finds QEMU reading the tap and does nothing.
+            controller.plug(port)
+            time.sleep(1.5)
+            assert controller.events_for(spec.uuid).count("instance.interface.replugged") == 1
+            assert _pings(host.name, "10.10.0.10")
+
             # Restart the agent: QEMU outlives it, the new one reconnects to the embed
             # root and finds the guest from its metadata (the host is the truth).
             agent.send_signal(signal.SIGTERM)
@@ -174,6 +217,11 @@ def test_tcg_guest_boots_reports_ready_and_answers_ping(
             log_path = deployment.tmp / "agent.log"
             if log_path.exists():
                 print(log_path.read_text(errors="replace")[-5000:])
+
+
+def _pings(netns: str, ip: str) -> bool:
+    cmd = ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
 def _answers(controller: Controller, proc: subprocess.Popen[bytes]) -> bool:
