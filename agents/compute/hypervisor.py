@@ -93,8 +93,9 @@ def check_embed_root(root: Path) -> None:
         raise HypervisorUnavailable(
             uri=f"qemu:///embed?root={root}",
             problem=(
-                f"the embed root {root} is too long: QEMU's monitor socket would be "
-                f"{longest} ({len(longest.encode())} bytes), over the {UNIX_PATH_MAX}-byte "
+                f"the embed root {root} is too long: a guest's QEMU monitor socket can be "
+                f"{longest} ({len(longest.encode())} bytes, with the longest domain id and "
+                f"libvirt's 20-character short name), over the {UNIX_PATH_MAX}-byte "
                 "limit of a unix socket path (sun_path, with its NUL); choose a root of at "
                 f"most {UNIX_PATH_MAX - 1 - (len(longest.encode()) - len(str(root).encode()))}"
                 " bytes"
