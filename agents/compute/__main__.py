@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 
 import structlog
 
@@ -22,50 +20,23 @@ from agents.compute.settings import ComputeConfig
 from agents.compute.taps import TapProbe
 from agents.compute.telemetry import ComputeMetrics
 from agents.compute.waiter import VifWaiter
-from common import config as config_mod
+from common import __version__
 from common import logging as logging_mod
+from common.cli import daemon_parser, load_daemon_config
 from common.errors import AgentsError
 from common.metrics import Registry
 from common.rpc import Messaging
 from common.service import run
 
-DEFAULT_CONFIG_FILES = ["/etc/agents/shared.conf", "/etc/agents/compute-agent.conf"]
-
-
-def agent_version() -> str:
-    try:
-        return dist_version("agents")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="compute-agent", description="Builds and runs guests for this host (libvirt)."
-    )
-    parser.add_argument(
-        "--config-file",
-        action="append",
-        dest="config_files",
-        metavar="FILE",
-        help="INI file; repeatable, later files override earlier ones "
-        f"(default: {' '.join(DEFAULT_CONFIG_FILES)})",
-    )
-    parser.add_argument("--host", help="host name this agent serves (overrides [DEFAULT] host)")
-    parser.add_argument("--version", action="version", version=f"compute-agent {agent_version()}")
-    return parser.parse_args(argv)
+PROG = "compute-agent"
 
 
 def load_config(args: argparse.Namespace) -> ComputeConfig:
-    return config_mod.load(
-        ComputeConfig,
-        args.config_files or DEFAULT_CONFIG_FILES,
-        overrides={"DEFAULT": {"host": args.host}},
-    )
+    return load_daemon_config(ComputeConfig, PROG, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = daemon_parser(PROG, "Builds and runs guests for this host (libvirt).").parse_args(argv)
     try:
         config = load_config(args)
     except AgentsError as err:
@@ -90,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         waiter=VifWaiter(retention=settings.vif_event_retention),
         reporter=reporter,
         metrics=metrics,
-        version=agent_version(),
+        version=__version__,
         taps=TapProbe(),
     )
 

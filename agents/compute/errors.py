@@ -24,7 +24,7 @@ class ImageError(AgentsError):
 
 
 class ImageNotFound(ImageError):
-    msg_fmt = "image {image!r} not found in {image_dir}"
+    msg_fmt = "image {image!r} not found in {image_dir}; available: {available}"
 
 
 class ImageOutsideDir(ImageError):

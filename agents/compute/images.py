@@ -102,7 +102,25 @@ class ImageStore:
                     real_cmdline = self._confined(name, cmdline_path, root)
                     cmdline = real_cmdline.read_text(encoding="utf-8").strip() or None
                 return KernelImage(name=name, kernel=kernel, initrd=initrd, cmdline=cmdline)
-        raise ImageNotFound(image=name, image_dir=str(self.image_dir))
+        raise ImageNotFound(
+            image=name, image_dir=str(self.image_dir), available=", ".join(self.names()) or "none"
+        )
+
+    def names(self) -> list[str]:
+        """Names of the images in image_dir, for an operator who asked for a wrong one."""
+        found: set[str] = set()
+        try:
+            entries = list(self.image_dir.iterdir())
+        except OSError:
+            return []
+        for entry in entries:
+            if entry.name.startswith((".", _BASE_DIR)):
+                continue
+            if entry.suffix in DISK_SUFFIXES and entry.is_file():
+                found.add(entry.name[: -len(entry.suffix)])
+            elif (entry / "kernel").is_file() and (entry / "initrd").is_file():
+                found.add(entry.name)
+        return sorted(found)
 
     def _confined(self, name: str, path: Path, root: Path) -> Path:
         real = path.resolve()

@@ -7,21 +7,15 @@ Pure argparse: builds the parser and nothing else (no config, no broker), so `--
 from __future__ import annotations
 
 import argparse
-from importlib import metadata
 from typing import Any
+
+from common import __version__
 
 EXIT_HELP = """\
 exit codes:
   0  done            1  the operation failed      2  usage or bad input
   3  broker unreachable   4  timed out   5  no agent serves that host
 """
-
-
-def version() -> str:
-    try:
-        return metadata.version("agents")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -76,7 +70,7 @@ examples:
         metavar="FILE",
         help="config file (repeatable; later wins)",
     )
-    parser.add_argument("--version", action="version", version=f"agentctl {version()}")
+    parser.add_argument("--version", action="version", version=f"agentctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = _common(argparse.SUPPRESS)
 

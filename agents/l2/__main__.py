@@ -5,10 +5,8 @@ Wiring only: every object is created here and handed to the ones that use it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 import structlog
@@ -21,8 +19,9 @@ from agents.l2.netlink import LinkEvent, LinkEvents, Netlink
 from agents.l2.service import L2Agent
 from agents.l2.settings import L2Config
 from agents.l2.store import PortStore
+from common import __version__, service
 from common import logging as agent_logging
-from common import service
+from common.cli import config_files, daemon_parser
 from common.config import load
 from common.errors import AgentsError
 from common.metrics import Registry
@@ -31,27 +30,7 @@ from common.rpc import L2_TOPIC, Messaging, vif_events_topic
 log = structlog.get_logger()
 
 
-def version() -> str:
-    try:
-        return metadata.version("agents")
-    except metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="l2-agent", description="Wires taps, bridges and uplinks for ports."
-    )
-    parser.add_argument(
-        "--config-file",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="INI file; repeatable, later files override earlier ones",
-    )
-    parser.add_argument("--host", help="host name this agent serves (overrides [DEFAULT] host)")
-    parser.add_argument("--version", action="version", version=f"l2-agent {version()}")
-    return parser.parse_args(argv)
+PROG = "l2-agent"
 
 
 def load_config(files: Sequence[str], host: str | None) -> L2Config:
@@ -93,7 +72,7 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
         link_events=link_events,
         agent_events=agent_events,
         metrics=metrics,
-        version=version(),
+        version=__version__,
         heartbeat_interval=config.l2.heartbeat_interval,
         metrics_listen=config.metrics.listen,
         reload_log_level=reload_log_level,
@@ -112,15 +91,16 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = daemon_parser(PROG, "Wires taps, bridges and uplinks for ports.").parse_args(argv)
+    files = config_files(PROG, args)
     try:
-        config = load_config(args.config_file, args.host)
+        config = load_config(files, args.host)
     except AgentsError as err:
         print(f"l2-agent: {err}", file=sys.stderr)
         return 2
     agent_logging.setup(config.DEFAULT.log_level, config.DEFAULT.log_format)
     try:
-        agent = build(config, args.config_file, args.host)
+        agent = build(config, files, args.host)
     except AgentsError as err:
         log.error("l2_agent_setup_failed", error=err.reason)
         return 1

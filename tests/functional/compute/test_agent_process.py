@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agents.compute.__main__ import agent_version
+from common import __version__
 from common.errors import RemoteError
 from common.messages import (
     AgentHeartbeat,
@@ -195,7 +195,7 @@ def test_metrics_and_heartbeat(
     assert beat is not None
     assert isinstance(beat.payload, AgentHeartbeat)
     assert beat.payload.kind == "compute" and beat.payload.host == deployment.host
-    assert beat.payload.version == agent_version() and beat.payload.uptime_s > 0
+    assert beat.payload.version == __version__ and beat.payload.uptime_s > 0
     assert beat.publisher_id == f"compute.{deployment.host}"
 
     port = next(
@@ -216,4 +216,4 @@ def test_version_flag() -> None:
     done = subprocess.run(
         [console_script("compute-agent"), "--version"], capture_output=True, text=True, timeout=30
     )
-    assert done.returncode == 0 and done.stdout.strip() == f"compute-agent {agent_version()}"
+    assert done.returncode == 0 and done.stdout.strip() == f"compute-agent {__version__}"

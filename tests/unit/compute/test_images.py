@@ -46,8 +46,8 @@ def test_names_that_leave_the_directory_are_refused(store: ImageStore, name: str
         store.resolve(name)
 
 
-def test_unknown_image_is_refused(store: ImageStore) -> None:
-    with pytest.raises(ImageNotFound, match="'nope'"):
+def test_unknown_image_is_refused_listing_the_valid_ones(store: ImageStore) -> None:
+    with pytest.raises(ImageNotFound, match="'nope'.*available: boot, disk, plain$"):
         store.resolve("nope")
 
 

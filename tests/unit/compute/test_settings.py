@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agents.compute.__main__ import parse_args
 from agents.compute.settings import ComputeConfig
 from common.config import load
 from common.errors import ConfigError
@@ -36,11 +35,3 @@ def test_bad_values_name_file_key_and_value(tmp_path: Path, key: str, value: str
     with pytest.raises(ConfigError) as info:
         load(ComputeConfig, [conf])
     assert str(conf) in str(info.value) and key in str(info.value) and value in str(info.value)
-
-
-def test_cli_arguments() -> None:
-    args = parse_args(["--config-file", "a", "--config-file", "b", "--host", "node1"])
-    assert args.config_files == ["a", "b"] and args.host == "node1"
-    with pytest.raises(SystemExit) as info:
-        parse_args(["--version"])
-    assert info.value.code == 0
