@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from common.errors import AgentsError
+
 log = structlog.get_logger()
 
 
@@ -161,7 +163,11 @@ def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_t
         return 0
     except Exception as err:
         signals.starting = False
-        log.exception("start_failed", service=name, error=str(err))
+        # A typed error already says what is wrong (a missing libvirtd, a bad namespace):
+        # the operator needs that line, not a traceback; anything else is a bug.
+        (log.error if isinstance(err, AgentsError) else log.exception)(
+            "start_failed", service=name, error=str(err)
+        )
         sd_notify(f"STATUS={name} failed to start: {err}")
         try:
             service.stop(grace=min(grace, 5.0))
