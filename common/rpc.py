@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
+import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kombu
@@ -303,6 +306,9 @@ class Messaging:
         )
         return Notifier(notifier)
 
+    def batch_notifier(self, publisher_id: str, topic: str) -> BatchNotifier:
+        return BatchNotifier(self.settings, publisher_id, topic)
+
     def notification_listener(
         self,
         topics: Iterable[str],
@@ -333,6 +339,144 @@ class Messaging:
 
 
 # --------------------------------------------------------------------------- kombu side
+
+# (priority "info" | "error", event type, payload, request id)
+Notification = tuple[str, str, Message, str | None]
+
+
+class BatchNotifier:
+    """Publish notifications as oslo's messagingv2 Notifier does, many per confirm round trip.
+
+    oslo.messaging's rabbit driver opens every connection with publisher confirms
+    (`confirm_publish: True` in impl_rabbit, not configurable) and waits for the
+    broker's basic.ack after each notification: one round trip and about 0.5 ms of
+    Python per event. This sends a batch on one channel in confirm mode and waits once
+    for the acks (RabbitMQ acks with multiple=True). Any nack, lost connection or
+    timeout publishes the whole batch again, in its order, on a fresh connection: at
+    least once, never reordered on its channel; after `send_retry` attempts it raises.
+
+    Same wire as oslo: the control exchange (topic, durable as oslo declares it),
+    routing key `<topic>.<priority>`, the queue of that name declared like oslo's
+    Notifier does (PLATFORM.md), body {"oslo.version": "2.0", "oslo.message": json},
+    so oslo notification listeners and EventWatcher read it unchanged.
+    Not thread-safe: one per sending thread.
+    """
+
+    def __init__(self, settings: MessagingSettings, publisher_id: str, topic: str) -> None:
+        self._settings = settings
+        self.publisher_id = publisher_id
+        self.topic = topic
+        quorum = settings.queue_type == "quorum"
+        self._durable = settings.durable_queues or quorum
+        self._queue_args = {"x-queue-type": "quorum"} if quorum else {}
+        self._exchange = kombu.Exchange(
+            settings.control_exchange, type="topic", durable=self._durable, auto_delete=False
+        )
+        self._conn: Any = None
+        self._channel: Any = None
+        self._declared: set[str] = set()
+        self._outstanding: set[int] = set()
+        self._nacked = False
+        self._next_tag = 1
+
+    def publish(self, batch: Sequence[Notification], timeout: float = 10.0) -> None:
+        """Publish `batch` in order and return once the broker confirmed all of it."""
+        attempts = 0
+        while True:
+            try:
+                self._publish_once(batch, timeout)
+                return
+            except Exception as err:  # amqp raises many kinds; each means "not confirmed"
+                self._drop()
+                attempts += 1
+                retry = self._settings.send_retry
+                if retry >= 0 and attempts > retry:
+                    raise BrokerUnreachable(
+                        url=self._settings.transport_url.split("@")[-1],
+                        problem=f"{type(err).__name__}: {err}",
+                    ) from err
+                time.sleep(min(2 ** (attempts - 1), 4))  # oslo's 1, 2, 4 s backoff
+
+    def _connect(self) -> None:
+        self._conn = kombu.Connection(
+            _kombu_url(self._settings.transport_url),
+            connect_timeout=5,
+            heartbeat=0,
+        )
+        self._conn.ensure_connection(max_retries=1, timeout=5)
+        self._channel = self._conn.default_channel
+        self._channel.confirm_select()
+        self._channel.events["basic_ack"].add(self._on_ack)
+        self._channel.events["basic_nack"].add(self._on_nack)
+        self._next_tag = 1  # delivery tags count from 1 on a channel put in confirm mode
+        self._declared = set()
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._outstanding = {t for t in self._outstanding if t > tag}
+        else:
+            self._outstanding.discard(tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._nacked = True
+
+    def _publish_once(self, batch: Sequence[Notification], timeout: float) -> None:
+        if self._conn is None:
+            self._connect()
+        self._nacked = False
+        channel = self._channel
+        for priority, event_type, payload, request_id in batch:
+            key = f"{self.topic}.{priority}"
+            if key not in self._declared:
+                kombu.Queue(
+                    name=key,
+                    exchange=self._exchange,
+                    routing_key=key,
+                    durable=self._durable,
+                    auto_delete=False,
+                    queue_arguments=self._queue_args,
+                    channel=channel,
+                ).declare()
+                self._declared.add(key)
+            message = {
+                "message_id": str(uuid.uuid4()),
+                "publisher_id": self.publisher_id,
+                "event_type": event_type,
+                "priority": priority.upper(),
+                "payload": envelope(payload),
+                "timestamp": str(datetime.now(UTC).replace(tzinfo=None)),
+                "_unique_id": uuid.uuid4().hex,
+                "_context_request_id": request_id,
+            }
+            # what kombu's Producer would send (json, persistent), without its per-call cost
+            body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(message)})
+            prepared = channel.prepare_message(
+                body,
+                content_type="application/json",
+                content_encoding="utf-8",
+                properties={"delivery_mode": 2},
+            )
+            self._outstanding.add(self._next_tag)
+            self._next_tag += 1
+            channel.basic_publish(prepared, exchange=self._exchange.name, routing_key=key)
+        deadline = time.monotonic() + timeout
+        while self._outstanding and not self._nacked:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no publisher confirm in time")
+            self._conn.drain_events(timeout=remaining)
+        if self._nacked:
+            raise RuntimeError("the broker nacked a notification")
+
+    def _drop(self) -> None:
+        self._outstanding = set()
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
+
+    def close(self) -> None:
+        self._drop()
 
 
 def _kombu_url(transport_url: str) -> str:

@@ -29,6 +29,9 @@ from common.rpc import Messaging
 from common.service import run
 
 PROG = "compute-agent"
+# One sender batching everything queued beat two here (2 cores, GIL): 175-211 against
+# 167-172 builds/s at concurrency 10; one channel also keeps every event in order.
+NOTIFY_SENDERS = 1
 
 
 def load_config(args: argparse.Namespace) -> ComputeConfig:
@@ -51,8 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = Registry("compute_agent")
     metrics = ComputeMetrics(registry)
     hypervisor = Hypervisor(settings.libvirt_uri, settings.domain_type)
+    # Batched, confirmed publishing (common.rpc.BatchNotifier): one connection per sender.
     reporter = Reporter(
-        messaging.notifier(f"compute.{host}", config.messaging.events_topic), host=host
+        None,
+        host=host,
+        batch_publishers=[
+            messaging.batch_notifier(f"compute.{host}", config.messaging.events_topic)
+            for _ in range(NOTIFY_SENDERS)
+        ],
     )
     manager = ComputeManager(
         config=config,

@@ -1,11 +1,16 @@
 """Instance and agent notifications, published off the build path.
 
 It owns turning "instance X reached step Y" into an `InstanceEvent` and handing it to
-the notifier. Publishing waits for the broker's publisher confirm (oslo.messaging's
-rabbit driver): 1.5-4 ms per notification here, five per build; a build must not wait
+the notifier. Publishing waits for the broker's publisher confirm: 1.5-4 ms per
+notification through oslo.messaging's Notifier, five per build; a build must not wait
 for that, so events are queued and published by sender threads. Events of one instance
 always go to the same sender, so they arrive in the order they happened; `flush()` (on
 stop) waits until everything queued is sent.
+
+With a `BatchPublisher` (common.rpc.BatchNotifier) a sender takes everything queued
+for it and publishes it as one batch, in queue order, with one confirm round trip: under
+load five events per build cost about one round trip instead of five, and far less
+Python (measured: oslo's Notifier was ~75% of the agent's CPU at concurrency 10).
 
 It must not decide what is reported (the manager and the build pipeline do), and it
 never raises into its callers: a notification that cannot be sent is logged.
@@ -16,7 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 from uuid import UUID
 
@@ -32,25 +37,50 @@ class Notifier(Protocol):
     def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None: ...
 
 
-_Item = tuple[str, str, Message, str | None] | None  # priority, event type, payload, request id
+class BatchPublisher(Protocol):
+    def publish(
+        self, batch: Sequence[tuple[str, str, Message, str | None]], timeout: float = ...
+    ) -> None: ...
+    def close(self) -> None: ...
+
+
+_Event = tuple[str, str, Message, str | None]  # priority, event type, payload, request id
+_Item = _Event | None
+MAX_BATCH = 64
 
 
 class Reporter:
     def __init__(
         self,
-        notifier: Notifier,
+        notifier: Notifier | None,
         host: str,
         senders: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        batch_publishers: Sequence[BatchPublisher] = (),
     ) -> None:
+        """Send through `notifier` one event at a time, or, given `batch_publishers`,
+        one sender per publisher (each publisher is used by its thread only)."""
         self.host = host
         self._notifier = notifier
         self._clock = clock
+        self._publishers = list(batch_publishers)
+        if batch_publishers:
+            senders = len(batch_publishers)
+        elif notifier is None:
+            raise ValueError("a Reporter needs a notifier or batch publishers")
         self._queues: list[queue.Queue[_Item]] = [queue.Queue() for _ in range(senders)]
-        self._threads = [
-            threading.Thread(target=self._send_loop, args=(q,), name=f"notify-{i}", daemon=True)
-            for i, q in enumerate(self._queues)
-        ]
+        if batch_publishers:
+            self._threads = [
+                threading.Thread(
+                    target=self._batch_loop, args=(q, b), name=f"notify-{i}", daemon=True
+                )
+                for i, (q, b) in enumerate(zip(self._queues, batch_publishers, strict=True))
+            ]
+        else:
+            self._threads = [
+                threading.Thread(target=self._send_loop, args=(q,), name=f"notify-{i}", daemon=True)
+                for i, q in enumerate(self._queues)
+            ]
         for thread in self._threads:
             thread.start()
 
@@ -96,7 +126,29 @@ class Reporter:
 
     # ------------------------------------------------------------------ senders
 
+    def _batch_loop(self, q: queue.Queue[_Item], publisher: BatchPublisher) -> None:
+        while True:
+            items = [q.get()]
+            # take what else is queued now: one confirm round trip for all of it
+            while len(items) < MAX_BATCH:
+                try:
+                    items.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            batch = [item for item in items if item is not None]
+            try:
+                if batch:
+                    publisher.publish(batch)
+            except Exception as err:  # a lost notification must not kill the sender
+                log.exception("notify_failed", event_types=[e[1] for e in batch], error=str(err))
+            finally:
+                for _ in items:
+                    q.task_done()
+            if len(batch) < len(items):
+                return
+
     def _send_loop(self, q: queue.Queue[_Item]) -> None:
+        assert self._notifier is not None
         while True:
             item = q.get()
             try:
@@ -129,3 +181,5 @@ class Reporter:
             q.put(None)
         for thread in self._threads:
             thread.join(timeout=1)
+        for publisher in self._publishers:
+            publisher.close()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Sequence
+
+import pytest
 
 from agents.compute.reporter import Reporter
 from common.messages import InstanceEvent, Message, PingReply
@@ -82,3 +85,66 @@ def test_a_failing_publish_does_not_stop_the_sender() -> None:
     assert reporter.flush(5)
     assert [t for _, t, _ in notifier.sent] == ["instance.create.end"]
     reporter.close()
+
+
+class BatchRecorder:
+    """A batch publisher that takes a while per batch (one confirm round trip)."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        self.batches: list[list[tuple[str, str, Message, str | None]]] = []
+        self.fail_first = fail_first
+        self.closed = False
+
+    def publish(
+        self, batch: Sequence[tuple[str, str, Message, str | None]], timeout: float = 10.0
+    ) -> None:
+        threading.Event().wait(0.005)
+        if self.fail_first:
+            self.fail_first = False
+            raise ConnectionError("broker went away")
+        self.batches.append(list(batch))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_batch_publishers_send_what_queued_up_together_in_order() -> None:
+    publishers = [BatchRecorder(), BatchRecorder()]
+    reporter = Reporter(None, "node1", batch_publishers=publishers)
+    instances = [uuid.uuid4() for _ in range(10)]
+    steps = ["start", "p1", "p2", "p3", "end"]
+    for step in steps:
+        for iid in instances:
+            reporter.instance(f"instance.create.{step}", iid, "req-1", step=step)
+    assert reporter.flush(10)
+    for iid in instances:
+        seen = [
+            p.step
+            for pub in publishers
+            for batch in pub.batches
+            for _, _, p, _ in batch
+            if isinstance(p, InstanceEvent) and p.instance_uuid == iid
+        ]
+        assert seen == steps
+    assert all(pub.batches for pub in publishers)  # both senders used
+    # 50 events queued faster than a publish takes: far fewer round trips than events
+    assert sum(len(pub.batches) for pub in publishers) < 25
+    reporter.close()
+    assert all(pub.closed for pub in publishers)
+
+
+def test_a_failed_batch_is_logged_and_the_sender_goes_on() -> None:
+    publisher = BatchRecorder(fail_first=True)
+    reporter = Reporter(None, "node1", batch_publishers=[publisher])
+    iid = uuid.uuid4()
+    reporter.instance("instance.create.start", iid, None)
+    assert reporter.flush(5)
+    reporter.instance("instance.create.end", iid, None, state="running")
+    assert reporter.flush(5)
+    assert [t for b in publisher.batches for _, t, _, _ in b] == ["instance.create.end"]
+    reporter.close()
+
+
+def test_a_reporter_needs_somewhere_to_send() -> None:
+    with pytest.raises(ValueError):
+        Reporter(None, "node1")
