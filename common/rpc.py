@@ -480,8 +480,17 @@ class BatchNotifier:
 
 
 def _kombu_url(transport_url: str) -> str:
-    # oslo's rabbit://user:pass@h1:5672,user:pass@h2:5672/vhost -> kombu's amqp:// list
-    return transport_url.replace("rabbit://", "amqp://", 1)
+    """oslo's `rabbit://u:p@h1:5672,u:p@h2:5672/vhost` as kombu's failover list.
+
+    kombu separates alternative brokers with ';', each a full URL, where oslo lists
+    hosts with ',' in one netloc; a plain scheme swap would hand kombu one bogus host.
+    """
+    if not transport_url.startswith("rabbit://"):
+        return transport_url
+    rest = transport_url[len("rabbit://") :]
+    netloc, slash, tail = rest.partition("/")
+    hosts = [h for h in netloc.split(",") if h]
+    return ";".join(f"amqp://{h}{slash}{tail}" for h in hosts) or "amqp://"
 
 
 def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
