@@ -209,7 +209,8 @@ class RpcClient:
 class Messaging:
     """Transports and factories for one process. Build once in main(), pass down, close()."""
 
-    def __init__(self, settings: MessagingSettings) -> None:
+    def __init__(self, settings: MessagingSettings, dispatch_threads: int | None = None) -> None:
+        """`dispatch_threads`: oslo's endpoint thread pool (default 64); 1 keeps arrival order."""
         self.settings = settings
         self.conf = cfg.ConfigOpts()
         for group, options in om_opts.list_opts():
@@ -228,6 +229,8 @@ class Messaging:
             "heartbeat_timeout_threshold", settings.heartbeat_timeout, group=rabbit
         )
         self.conf.set_override("direct_mandatory_flag", True, group=rabbit)
+        if dispatch_threads is not None:
+            self.conf.set_override("executor_thread_pool_size", dispatch_threads)
         self.serializer = ModelSerializer()
         self._rpc_transport: Any = None
         self._notify_transport: Any = None

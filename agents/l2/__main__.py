@@ -38,10 +38,9 @@ def load_config(files: Sequence[str], host: str | None) -> L2Config:
 
 
 def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
-    messaging = Messaging(config.messaging)
     # One dispatch thread: oslo hands messages to the endpoint in order of arrival, and
     # the endpoint only queues them (per port) and returns, so order is kept for free.
-    messaging.conf.set_override("executor_thread_pool_size", 1)
+    messaging = Messaging(config.messaging, dispatch_threads=1)
     host_name = config.DEFAULT.host
     netlink = Netlink(config.l2.namespace)
     store = PortStore(Path(config.DEFAULT.state_dir) / "l2-agent" / host_name / "ports")
