@@ -267,6 +267,19 @@ class L2Manager:
 
     # ------------------------------------------------------------------ plug / unplug
 
+    def _vif_event(self, port: Port, request_id: str | None, reason: str | None = None) -> VifEvent:
+        """The payload of port.vif_plugged / port.plug_failed for `port` on this host."""
+        return VifEvent(
+            request_id=request_id,
+            host=self.host,
+            port_id=port.id,
+            network_id=port.network_id,
+            instance_uuid=port.instance_uuid,
+            device=names.tap_name(port.id),
+            bridge=names.bridge_name(port.network_id),
+            reason=reason,
+        )
+
     def _plug(
         self,
         port: Port,
@@ -289,18 +302,7 @@ class L2Manager:
             if why != "message":
                 self._metrics.rewires.labels(result="failed").inc()
             self._events.error(
-                "port.plug_failed",
-                VifEvent(
-                    request_id=request_id,
-                    host=self.host,
-                    port_id=port.id,
-                    network_id=port.network_id,
-                    instance_uuid=port.instance_uuid,
-                    device=tap,
-                    bridge=bridge,
-                    reason=err.reason,
-                ),
-                request_id=request_id,
+                "port.plug_failed", self._vif_event(port, request_id, err.reason), request_id
             )
             log.error("port_plug_failed", reason=err.reason, why=why, error=type(err).__name__)
             return False
@@ -313,19 +315,7 @@ class L2Manager:
             self._metrics.rewires.labels(result="ok").inc()
         if state == "wired":
             # vif_plugged only for a tap that is in its bridge and up (checked by Wiring.plug).
-            self._events.info(
-                "port.vif_plugged",
-                VifEvent(
-                    request_id=request_id,
-                    host=self.host,
-                    port_id=port.id,
-                    network_id=port.network_id,
-                    instance_uuid=port.instance_uuid,
-                    device=tap,
-                    bridge=bridge,
-                ),
-                request_id=request_id,
-            )
+            self._events.info("port.vif_plugged", self._vif_event(port, request_id), request_id)
         elapsed = self._clock() - started
         self._metrics.plug_seconds.labels(result=state).observe(elapsed)
         log.info(
