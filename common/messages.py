@@ -205,9 +205,14 @@ VifEventType = Literal["port.vif_plugged", "port.vif_unplugged", "port.plug_fail
 
 
 class VifEvent(Message):
-    """Payload of the vif notifications a l2-agent emits on `vif_events.<host>`."""
+    """Payload of the vif notifications a l2-agent emits on `vif_events.<host>`.
+
+    1.1: `received_at`, when the l2-agent took the port message that led to this event
+    (for the controller's timeline).
+    """
 
     SCHEMA = "vif_event"
+    VERSION = "1.1"
     request_id: RequestId | None = None
     host: HostName
     port_id: UUID
@@ -216,6 +221,7 @@ class VifEvent(Message):
     device: str | None = None
     bridge: str | None = None
     reason: str | None = None
+    received_at: datetime | None = None
     at: datetime = Field(default_factory=utcnow)
 
 
@@ -243,13 +249,18 @@ AgentKind = Literal["compute", "l2"]
 
 
 class AgentHeartbeat(Message):
+    """1.1: a compute-agent reports the capacity the controller's scheduler places into."""
+
     SCHEMA = "agent_heartbeat"
+    VERSION = "1.1"
     host: HostName
     kind: AgentKind
     version: str
     started_at: datetime
     uptime_s: float
     counts: dict[str, int] = {}
+    vcpus: Annotated[int, Field(ge=0, le=65536)] | None = None
+    memory_mb: Annotated[int, Field(ge=0, le=1 << 32)] | None = None
     at: datetime = Field(default_factory=utcnow)
 
 

@@ -556,6 +556,32 @@ class Event:
     request_id: str | None
 
 
+def decode_notification(body: Any) -> Event | None:
+    """An oslo messagingv2 notification as an Event; None when it is not one.
+
+    A payload envelope that does not validate is kept raw (`payload` is then a dict).
+    """
+    try:
+        outer = body if isinstance(body, dict) else json.loads(body)
+        inner = outer.get("oslo.message")
+        msg = json.loads(inner) if isinstance(inner, str) else outer
+        payload = msg.get("payload")
+        if is_envelope(payload):
+            with contextlib.suppress(InvalidMessage):
+                payload = open_envelope(payload)
+        ctxt = {k[len("_context_") :]: v for k, v in msg.items() if k.startswith("_context_")}
+        return Event(
+            event_type=str(msg.get("event_type")),
+            priority=str(msg.get("priority", "INFO")).lower(),
+            publisher_id=str(msg.get("publisher_id")),
+            timestamp=str(msg.get("timestamp")),
+            payload=payload,
+            request_id=ctxt.get("request_id"),
+        )
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
 class EventWatcher:
     """Consume notifications on a private exclusive queue: sees every event, leaves nothing.
 
@@ -588,28 +614,9 @@ class EventWatcher:
         self._consumer.consume()
 
     def _on_message(self, body: Any, message: Any) -> None:
-        try:
-            outer = body if isinstance(body, dict) else json.loads(body)
-            inner = outer.get("oslo.message")
-            msg = json.loads(inner) if isinstance(inner, str) else outer
-            payload = msg.get("payload")
-            if is_envelope(payload):
-                # an event that does not validate is still shown, raw, to the watcher
-                with contextlib.suppress(InvalidMessage):
-                    payload = open_envelope(payload)
-            ctxt = {k[len("_context_") :]: v for k, v in msg.items() if k.startswith("_context_")}
-            self._pending.append(
-                Event(
-                    event_type=str(msg.get("event_type")),
-                    priority=str(msg.get("priority", "INFO")).lower(),
-                    publisher_id=str(msg.get("publisher_id")),
-                    timestamp=str(msg.get("timestamp")),
-                    payload=payload,
-                    request_id=ctxt.get("request_id"),
-                )
-            )
-        except (ValueError, AttributeError, TypeError):
-            return  # not an oslo notification; a watcher ignores what it cannot read
+        event = decode_notification(body)
+        if event is not None:  # a watcher ignores what it cannot read
+            self._pending.append(event)
 
     def events(self, timeout: float) -> Iterator[Event]:
         """Yield events as they arrive, for up to `timeout` seconds of silence per wait."""
@@ -649,3 +656,128 @@ def watching(settings: MessagingSettings, routing_keys: Iterable[str]) -> Iterat
 
 
 Callback = Callable[[Event], None]
+
+
+class RetryLater(Exception):
+    """Raised by an EventConsumer handler: the event could not be taken now (database
+    down); it goes back to the queue and is offered again after a pause."""
+
+
+class EventConsumer:
+    """A durable, shared queue of notifications, acknowledged after the handler ran.
+
+    For a service that must act on every event exactly as often as it can prove it did
+    (the controller): the queue outlives the process, so events published while it is
+    down wait for it; a message is acked only after `handler` returned, so a crash
+    mid-way gets it redelivered; replicas sharing `queue_name` share the work. The
+    queue carries its own bounds (`x-max-length`, `x-message-ttl`) so it cannot grow
+    without limit while nobody consumes it.
+
+    `handler` returning means done (ack). RetryLater: requeued after `retry_pause`
+    seconds (a database outage must not spin). Any other exception: logged by the
+    caller's handler wrapper and acked, since a poison message retried forever would
+    stop every event behind it.
+    """
+
+    def __init__(
+        self,
+        settings: MessagingSettings,
+        queue_name: str,
+        routing_keys: Iterable[str],
+        handler: Callable[[Event], None],
+        on_error: Callable[[BaseException, Any], None],
+        *,
+        max_length: int = 1_000_000,
+        ttl_s: float = 7 * 86400,
+        prefetch: int = 64,
+        retry_pause: float = 1.0,
+    ) -> None:
+        from kombu.mixins import ConsumerMixin
+
+        self._handler = handler
+        self._on_error = on_error
+        self._retry_pause = retry_pause
+        self._stop = threading.Event()
+        exchange = kombu.Exchange(
+            settings.control_exchange,
+            type="topic",
+            durable=settings.durable_queues or settings.queue_type == "quorum",
+        )
+        arguments: dict[str, Any] = {
+            "x-max-length": max_length,
+            "x-message-ttl": int(ttl_s * 1000),
+        }
+        if settings.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        self.queue = kombu.Queue(
+            name=queue_name,
+            exchange=exchange,
+            bindings=[kombu.binding(exchange, routing_key=key) for key in routing_keys],
+            durable=True,
+            auto_delete=False,
+            queue_arguments=arguments,
+        )
+        outer = self
+
+        class _Mixin(ConsumerMixin):  # type: ignore[misc]
+            def __init__(self, connection: Any) -> None:
+                self.connection = connection
+                self.consuming = threading.Event()
+
+            def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
+                return [
+                    consumer_cls(
+                        queues=[outer.queue],
+                        callbacks=[outer._on_message],
+                        accept=["json"],
+                        prefetch_count=prefetch,
+                    )
+                ]
+
+            def on_consume_ready(self, connection: Any, channel: Any, consumers: Any) -> None:
+                self.consuming.set()
+
+            def on_connection_error(self, exc: BaseException, interval: float) -> None:
+                self.consuming.clear()
+
+        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
+        self._mixin = _Mixin(self._conn)
+        self._thread: threading.Thread | None = None
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        event = decode_notification(body)
+        if event is None:
+            self._on_error(
+                InvalidMessage(schema="notification", problem="not an oslo notification"), body
+            )
+            message.ack()
+            return
+        try:
+            self._handler(event)
+        except RetryLater:
+            if not self._stop.wait(self._retry_pause):
+                message.requeue()
+            return
+        except Exception as err:  # a poison message is reported and dropped, never spun
+            self._on_error(err, event)
+        message.ack()
+
+    def start(self, ready_timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._mixin.run, name="events", daemon=True)
+        self._thread.start()
+        if not self._mixin.consuming.wait(ready_timeout):
+            raise BrokerUnreachable(
+                url=str(self._conn.as_uri()).split("@")[-1],
+                problem=f"could not consume {self.queue.name} within {ready_timeout:.0f}s",
+            )
+
+    def consuming(self) -> bool:
+        return self._mixin.consuming.is_set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._mixin.should_stop = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self._conn.release()

@@ -15,7 +15,15 @@ PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
     pkg-config gcc python3-dev python3-venv
     busybox-static socat iproute2 procps iputils-ping cpio xz-utils zstd kmod
-    systemd
+    systemd libxml2-utils
+)
+
+# Every program a daemon, a test or the quickstart runs. Checked after the install, so a
+# package missing from the list above fails here, on the first run, and not later in a
+# test on someone else's machine.
+PROGRAMS=(
+    qemu-img qemu-system-x86_64 virsh virt-xml-validate xmllint
+    ip bridge socat busybox cpio xz zstd modprobe ping setsid systemd-analyze
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -60,6 +68,16 @@ if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl set_policy --apply-to queues --priority 0 agents-notifications \
         '^(agents_events|vif_events)\.' '{"max-length":10000,"message-ttl":3600000}' >/dev/null \
         || echo "setup.sh: WARNING: could not set the RabbitMQ policy bounding notification queues" >&2
+fi
+
+absent=()
+for prog in "${PROGRAMS[@]}"; do
+    command -v "$prog" >/dev/null || absent+=("$prog")
+done
+if [ ${#absent[@]} -gt 0 ]; then
+    echo "setup.sh: these programs are still missing after the install: ${absent[*]}" >&2
+    echo "setup.sh: add the Debian package that provides each to PACKAGES in $0" >&2
+    exit 1
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

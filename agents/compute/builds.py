@@ -281,6 +281,7 @@ class BuildPipeline:
             t = self.clock()
             xml, record = self._render(task)
             self._observe("prepare", t)
+            progress("xml_rendered")
 
             t = self.clock()
             self._wait_for_vifs(task)

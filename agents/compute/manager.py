@@ -25,6 +25,7 @@ from uuid import UUID
 import structlog
 
 from agents.compute.builds import DELETED, BuildPipeline, InstanceTable
+from agents.compute.capacity import capacity
 from agents.compute.errors import InstanceNotFound
 from agents.compute.images import ImageStore
 from agents.compute.reconcile import Reconciler
@@ -76,6 +77,7 @@ class ComputeManager:
         taps: TapState | None = None,
     ) -> None:
         self.host = config.DEFAULT.host
+        self.settings = config.compute
         self.hv = hypervisor
         self.images = images
         self.waiter = waiter
@@ -238,6 +240,7 @@ class ComputeManager:
         return round(self.clock() - self._started_mono, 3)
 
     def emit_heartbeat(self) -> None:
+        vcpus, memory_mb = capacity(self.settings)
         self.reporter.agent(
             "agent.heartbeat",
             AgentHeartbeat(
@@ -247,6 +250,8 @@ class ComputeManager:
                 started_at=self.started_at,
                 uptime_s=self.uptime(),
                 counts=self.table.snapshot(),
+                vcpus=vcpus,
+                memory_mb=memory_mb,
             ),
         )
 

@@ -32,6 +32,12 @@ class ComputeSettings(Section):
     heartbeat_interval: Annotated[float, Field(gt=0, le=3600)] = 30.0
     # How long a vif event is remembered for a build that has not begun waiting yet.
     vif_event_retention: Annotated[float, Field(gt=0, le=3600)] = 300.0
+    # Capacity reported to the controller's scheduler. 0: this host's CPUs times
+    # cpu_allocation_ratio, and its memory less reserved_host_memory_mb (nova's knobs).
+    vcpus: Annotated[int, Field(ge=0, le=65536)] = 0
+    memory_mb: Annotated[int, Field(ge=0, le=1 << 32)] = 0
+    cpu_allocation_ratio: Annotated[float, Field(gt=0, le=64)] = 4.0
+    reserved_host_memory_mb: Annotated[int, Field(ge=0, le=1 << 20)] = 512
     # Seconds SIGTERM gives in-flight builds to finish before they are failed.
     stop_grace: Annotated[float, Field(ge=0, le=600)] = 20.0
 

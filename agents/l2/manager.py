@@ -49,6 +49,7 @@ from common.messages import (
     PortState,
     PortUpdated,
     VifEvent,
+    utcnow,
 )
 
 log = structlog.get_logger()
@@ -267,9 +268,23 @@ class L2Manager:
 
     # ------------------------------------------------------------------ plug / unplug
 
-    def _vif_event(self, port: Port, request_id: str | None, reason: str | None = None) -> VifEvent:
-        """The payload of port.vif_plugged / port.plug_failed for `port` on this host."""
+    def _vif_event(
+        self,
+        port: Port,
+        request_id: str | None,
+        reason: str | None = None,
+        received: float | None = None,
+    ) -> VifEvent:
+        """The payload of port.vif_plugged / port.plug_failed for `port` on this host.
+
+        `received` (this agent's monotonic clock) is when the port message was taken,
+        carried as a wall-clock time for the controller's timeline.
+        """
+        received_at = (
+            None if received is None else utcnow() - timedelta(seconds=self._clock() - received)
+        )
         return VifEvent(
+            received_at=received_at,
             request_id=request_id,
             host=self.host,
             port_id=port.id,
@@ -302,7 +317,11 @@ class L2Manager:
             if why != "message":
                 self._metrics.rewires.labels(result="failed").inc()
             self._events.error(
-                "port.plug_failed", self._vif_event(port, request_id, err.reason), request_id
+                "port.plug_failed",
+                self._vif_event(
+                    port, request_id, err.reason, started if why == "message" else None
+                ),
+                request_id,
             )
             log.error("port_plug_failed", reason=err.reason, why=why, error=type(err).__name__)
             return False
@@ -315,7 +334,11 @@ class L2Manager:
             self._metrics.rewires.labels(result="ok").inc()
         if state == "wired":
             # vif_plugged only for a tap that is in its bridge and up (checked by Wiring.plug).
-            self._events.info("port.vif_plugged", self._vif_event(port, request_id), request_id)
+            self._events.info(
+                "port.vif_plugged",
+                self._vif_event(port, request_id, None, started if why == "message" else None),
+                request_id,
+            )
         elapsed = self._clock() - started
         self._metrics.plug_seconds.labels(result=state).observe(elapsed)
         log.info(

@@ -61,7 +61,7 @@ def test_build_waits_for_vif_plugged_then_runs(
         for e in controller.events
         if e.event_type == "instance.create.progress" and e.payload.instance_uuid == spec.uuid
     ]
-    assert steps == ["ports_plugged", "guest_defined", "guest_started"]
+    assert steps == ["xml_rendered", "ports_plugged", "guest_defined", "guest_started"]
 
     info = controller.compute.call("get_instance", InstanceRef(instance_uuid=spec.uuid))
     assert info.state == "running"

@@ -1,0 +1,1 @@
+"""agents-controller: the one home of desired state (instances, ports, addresses, operations)."""

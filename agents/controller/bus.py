@@ -1,0 +1,135 @@
+"""The controller's side of the broker: casts out after commits, agent events in.
+
+Casts: each `Cast` the store returned is published to the per-host target of
+DESIGN's wire (topic `compute` or `l2-agent`, server = host), with the mandatory flag
+(a host no agent ever served fails at once instead of vanishing). The operations whose
+casts all went out are marked `sent`; one whose cast failed stays open and the
+reconciler casts it again. A cast is a hint: the database already holds the request.
+
+Events: every notification the agents emit (instance.*, port.*, agent.*) arrives on
+the controller's own durable queue and is applied in a database transaction before
+it is acknowledged (`common.rpc.EventConsumer`); a database outage puts it back on the
+queue. Nothing here decides what an event means; `db.records` does.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from sqlalchemy.exc import OperationalError
+
+from agents.controller.db.records import Records
+from agents.controller.db.store import Cast, Store
+from common.errors import AgentsError
+from common.messages import Message
+from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Event, Messaging, RetryLater, RpcClient
+
+log = structlog.get_logger()
+
+TOPICS = {"compute": COMPUTE_TOPIC, "l2": L2_TOPIC}
+
+
+class Hub:
+    """Wakes the event-stream readers when new timeline rows were committed.
+
+    Readers also look at the database on a short timer, so events another controller
+    replica recorded reach them too; this only makes the local ones immediate.
+    """
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(wake)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if wake in self._listeners:
+                    self._listeners.remove(wake)
+
+        return unsubscribe
+
+    def notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for wake in listeners:
+            wake()
+
+
+class Bus:
+    def __init__(self, messaging: Messaging, store: Store, hub: Hub, call_timeout: float) -> None:
+        self.messaging = messaging
+        self.store = store
+        self.records = Records(store)
+        self.hub = hub
+        self.call_timeout = call_timeout
+        self._clients: dict[tuple[str, str], RpcClient] = {}
+        self._lock = threading.Lock()
+
+    def client(self, kind: str, host: str, timeout: float | None = None) -> RpcClient:
+        if timeout is not None:
+            return self.messaging.rpc_client(TOPICS[kind], host, timeout=timeout)
+        key = (kind, host)
+        with self._lock:
+            found = self._clients.get(key)
+            if found is None:
+                found = self.messaging.rpc_client(TOPICS[kind], host, timeout=self.call_timeout)
+                self._clients[key] = found
+            return found
+
+    def publish(self, casts: Iterable[Cast]) -> None:
+        """Send `casts` in order; mark their operations sent, or note why not."""
+        sent: list[str] = []
+        failed: dict[str, str] = {}
+        for cast in casts:
+            if cast.operation_id is not None and cast.operation_id in failed:
+                continue  # the build must not go out when its port could not
+            try:
+                self.client(cast.kind, cast.host).cast(
+                    cast.method, cast.message, request_id=_request_id(cast.message)
+                )
+            except AgentsError as err:
+                log.warning("cast_failed", method=cast.method, host=cast.host, error=err.reason)
+                if cast.operation_id is not None:
+                    failed[cast.operation_id] = f"{cast.method} to {cast.host}: {err.reason}"
+                continue
+            if cast.operation_id is not None and cast.operation_id not in sent:
+                sent.append(cast.operation_id)
+        ok = [op for op in sent if op not in failed]
+        try:
+            self.store.mark_sent(ok)
+            for op_id, reason in failed.items():
+                self.store.note_cast_failed(op_id, reason)
+        except OperationalError as err:  # the reconciler casts them again later
+            log.error("mark_sent_failed", error=str(err.orig).strip())
+        self.hub.notify()
+
+    def on_event(self, event: Event) -> None:
+        payload = event.payload
+        if not isinstance(payload, Message):
+            log.warning(
+                "event_unreadable", event_type=event.event_type, publisher=event.publisher_id
+            )
+            return
+        try:
+            applied = self.records.apply(event.event_type, payload)
+        except OperationalError as err:
+            log.error("event_not_recorded", event_type=event.event_type, error=str(err.orig))
+            raise RetryLater() from err
+        if applied.casts:
+            self.publish(applied.casts)
+        elif applied.timeline:
+            self.hub.notify()
+
+    def on_bad_event(self, err: BaseException, what: Any) -> None:
+        log.error("event_dropped", error=str(err), error_type=type(err).__name__)
+
+
+def _request_id(message: Message) -> str | None:
+    rid = getattr(message, "request_id", None)
+    return rid if isinstance(rid, str) else None

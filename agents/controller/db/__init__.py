@@ -1,0 +1,1 @@
+"""The controller's persistence: the only package that imports SQLAlchemy and Alembic."""

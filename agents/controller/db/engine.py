@@ -1,0 +1,145 @@
+"""Engines, sessions and migrations: how the controller opens its database.
+
+SQLite (the embedded default) runs in WAL mode with a busy timeout, and every writing
+transaction starts with BEGIN IMMEDIATE: SQLite then serialises writers up front
+instead of failing one of two transactions that both read and then try to write
+("database is locked" on the lock upgrade). Readers use a plain deferred BEGIN and
+never wait for writers (WAL). PostgreSQL needs none of this; it runs READ COMMITTED,
+and the store takes row locks where order matters.
+
+Migrations are Alembic's, run on start (or by `agents-controller db upgrade`) on a
+connection of this engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.errors import AgentsError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
+
+
+class DatabaseError(AgentsError):
+    msg_fmt = "database {url}: {problem}"
+
+
+class Conflict(Exception):
+    """A unique constraint refused the transaction; the caller may retry it afresh."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _sqlite_pragmas(engine)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The driver's own transaction handling would defer BEGIN past our choice.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """An engine plus two session factories: one for reading, one for writing."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.is_sqlite = url.startswith("sqlite")
+        writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        with self._read() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        try:
+            with self._write() as session, session.begin():
+                yield session
+        except IntegrityError as err:
+            raise Conflict(str(err.orig)) from err
+
+    def retrying(self, work: Callable[[Session], T], attempts: int = 20) -> T:
+        """Run `work` in a writing transaction, again from scratch on a Conflict."""
+        for attempt in range(attempts):
+            try:
+                with self.writing() as session:
+                    return work(session)
+            except Conflict:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except OperationalError as err:
+            raise DatabaseError(url=self.safe_url, problem=str(err.orig).strip()) from err
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ migrations
+
+    def _alembic(self, conn: Any) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        return cfg
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`; a no-op when it is there already."""
+        try:
+            with self.engine.begin() as conn:
+                command.upgrade(self._alembic(conn), revision)
+        except OperationalError as err:
+            raise DatabaseError(url=self.safe_url, problem=str(err.orig).strip()) from err
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    @staticmethod
+    def head_revision() -> str | None:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        return ScriptDirectory.from_config(cfg).get_current_head()

@@ -1,0 +1,72 @@
+"""Re-drive: operations that stall are cast again, and given up on with a reason.
+
+Level-triggered: each pass asks the database which open operations have had no news
+for `redrive_after` seconds and casts them again with the same ids (the agents are
+idempotent by uuid), or fails them once `operation_timeout` has passed or
+`max_attempts` casts went unanswered. A lost cast, a restarted agent or a broker that
+dropped a message all end the same way: done, or failed with a named reason.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import structlog
+from sqlalchemy.exc import OperationalError
+
+from agents.controller.bus import Bus
+from agents.controller.db.store import Store
+from agents.controller.settings import ControllerSettings
+
+log = structlog.get_logger()
+
+PRUNE_EVERY_S = 3600.0
+
+
+class Reconciler:
+    def __init__(self, store: Store, bus: Bus, settings: ControllerSettings) -> None:
+        self.store = store
+        self.bus = bus
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last_pass: float = time.monotonic()
+        self._last_prune = 0.0
+
+    def run_once(self) -> tuple[int, int]:
+        s = self.settings
+        casts, failed = self.store.stalled(s.redrive_after, s.operation_timeout, s.max_attempts)
+        if casts:
+            log.info("operations_redriven", casts=len(casts))
+            self.bus.publish(casts)
+        if failed:
+            log.warning("operations_given_up", count=len(failed))
+            self.bus.hub.notify()
+        now = time.monotonic()
+        if now - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = now
+            self.store.prune_events(s.events_retention_days)
+        return len(casts), len(failed)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.reconcile_interval):
+            try:
+                self.run_once()
+            except OperationalError as err:
+                log.error("reconcile_failed", error=str(err.orig).strip())
+            except Exception as err:  # the loop must outlive a bug in one pass
+                log.exception("reconcile_crashed", error=str(err))
+            self.last_pass = time.monotonic()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self.last_pass < max(60.0, 10 * self.settings.reconcile_interval)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
