@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import OperationalError
 
+from agents.controller.db.engine import DatabaseError
 from agents.controller.db.records import Records
-from agents.controller.db.store import Cast, Store
+from agents.controller.db.store import Cast, Store, utcnow
 from common.errors import AgentsError
 from common.messages import Message
 from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Event, Messaging, RetryLater, RpcClient
@@ -84,7 +85,7 @@ class Bus:
 
     def publish(self, casts: Iterable[Cast]) -> None:
         """Send `casts` in order; mark their operations sent, or note why not."""
-        sent: list[str] = []
+        sent: dict[str, datetime] = {}  # operation -> when its last cast went out
         failed: dict[str, str] = {}
         for cast in casts:
             if cast.operation_id is not None and cast.operation_id in failed:
@@ -98,15 +99,15 @@ class Bus:
                 if cast.operation_id is not None:
                     failed[cast.operation_id] = f"{cast.method} to {cast.host}: {err.reason}"
                 continue
-            if cast.operation_id is not None and cast.operation_id not in sent:
-                sent.append(cast.operation_id)
-        ok = [op for op in sent if op not in failed]
+            if cast.operation_id is not None:
+                sent[cast.operation_id] = utcnow()
+        ok = {op: at for op, at in sent.items() if op not in failed}
         try:
             self.store.mark_sent(ok)
             for op_id, reason in failed.items():
                 self.store.note_cast_failed(op_id, reason)
-        except OperationalError as err:  # the reconciler casts them again later
-            log.error("mark_sent_failed", error=str(err.orig).strip())
+        except DatabaseError as err:  # the reconciler casts them again later
+            log.error("mark_sent_failed", error=err.reason)
         self.hub.notify()
 
     def on_event(self, event: Event) -> None:
@@ -118,8 +119,8 @@ class Bus:
             return
         try:
             applied = self.records.apply(event.event_type, payload)
-        except OperationalError as err:
-            log.error("event_not_recorded", event_type=event.event_type, error=str(err.orig))
+        except DatabaseError as err:
+            log.error("event_not_recorded", event_type=event.event_type, error=err.reason)
             raise RetryLater() from err
         if applied.casts:
             self.publish(applied.casts)

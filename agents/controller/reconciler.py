@@ -13,9 +13,9 @@ import threading
 import time
 
 import structlog
-from sqlalchemy.exc import OperationalError
 
 from agents.controller.bus import Bus
+from agents.controller.db.engine import DatabaseError
 from agents.controller.db.store import Store
 from agents.controller.settings import ControllerSettings
 
@@ -53,8 +53,8 @@ class Reconciler:
         while not self._stop.wait(self.settings.reconcile_interval):
             try:
                 self.run_once()
-            except OperationalError as err:
-                log.error("reconcile_failed", error=str(err.orig).strip())
+            except DatabaseError as err:
+                log.error("reconcile_failed", error=err.reason)
             except Exception as err:  # the loop must outlive a bug in one pass
                 log.exception("reconcile_crashed", error=str(err))
             self.last_pass = time.monotonic()

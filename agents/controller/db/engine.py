@@ -23,7 +23,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import AgentsError
@@ -69,6 +69,10 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _first_line(err: DBAPIError) -> str:
+    return (str(err.orig).strip().splitlines() or [type(err.orig).__name__])[0]
+
+
 class Database:
     """An engine plus two session factories: one for reading, one for writing."""
 
@@ -86,8 +90,11 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        with self._read() as session, session.begin():
-            yield session
+        try:
+            with self._read() as session, session.begin():
+                yield session
+        except DBAPIError as err:
+            raise DatabaseError(url=self.safe_url, problem=_first_line(err)) from err
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
@@ -96,6 +103,8 @@ class Database:
                 yield session
         except IntegrityError as err:
             raise Conflict(str(err.orig)) from err
+        except DBAPIError as err:  # connection lost, database locked too long, ...
+            raise DatabaseError(url=self.safe_url, problem=_first_line(err)) from err
 
     def retrying(self, work: Callable[[Session], T], attempts: int = 20) -> T:
         """Run `work` in a writing transaction, again from scratch on a Conflict."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
@@ -409,14 +409,14 @@ class Store:
             final=True,
         )
 
-    def mark_sent(self, operation_ids: Sequence[str], at: datetime | None = None) -> None:
-        """The casts of these operations are on the broker: record the hop."""
-        if not operation_ids:
+    def mark_sent(self, sent: Mapping[str, datetime]) -> None:
+        """The casts of these operations went out at the given times: record the hop."""
+        if not sent:
             return
-        now = at or utcnow()
 
         def work(s: Session) -> None:
-            for op in s.scalars(select(Operation).where(Operation.id.in_(operation_ids))):
+            for op in s.scalars(select(Operation).where(Operation.id.in_(list(sent)))):
+                now = sent[op.id]
                 if op.state not in OPEN_STATES:
                     continue
                 retry = op.attempts > 0
@@ -697,7 +697,7 @@ class Store:
         with self.db.reading() as s:
             inst = self.resolve(s, ref)
             events = s.scalars(
-                select(Event).where(Event.instance_uuid == inst.uuid).order_by(Event.id)
+                select(Event).where(Event.instance_uuid == inst.uuid).order_by(Event.at, Event.id)
             )
             return {"instance": views.instance(s, inst), "events": [views.event(e) for e in events]}
 

@@ -1,0 +1,330 @@
+"""The store on real SQLite and real PostgreSQL: migrations, allocation, reports, re-drive."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select, text, update
+
+from agents.controller import errors, ipam
+from agents.controller.db.engine import Database
+from agents.controller.db.models import Base, Operation, Port
+from agents.controller.db.records import Records
+from agents.controller.db.store import CreateRequest, Store
+from common.config import Flavor, NetworkSpec
+from common.messages import (
+    AgentHeartbeat,
+    BuildInstance,
+    InstanceEvent,
+    PortCreated,
+    PortDeleted,
+    VifEvent,
+)
+
+pytestmark = pytest.mark.functional
+
+NET = NetworkSpec(
+    name="net1",
+    uuid=uuid.UUID("5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31"),
+    type="vxlan",
+    segmentation_id=1001,
+    mtu=1450,
+    cidr=IPv4Network("10.10.0.0/24"),
+    allocation_start=IPv4Address("10.10.0.10"),
+    allocation_end=IPv4Address("10.10.0.250"),
+)
+SMALL = NetworkSpec(
+    name="small", uuid=uuid.uuid4(), type="vxlan", segmentation_id=7, cidr=IPv4Network("10.9.0.0/29")
+)
+TINY = Flavor(name="m1.tiny", vcpus=1, memory_mb=128)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    db = Database(database_url)
+    db.upgrade()
+    s = Store(db, agent_down_time=60)
+    s.sync_networks([NET, SMALL])
+    yield s
+    db.close()
+
+
+def heartbeat(store: Store, host: str, vcpus: int = 64, memory_mb: int = 65536) -> None:
+    hb = AgentHeartbeat(
+        host=host,
+        kind="compute",
+        version="t",
+        started_at=datetime.now(UTC),
+        uptime_s=1,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+    )
+    Records(store).apply("agent.heartbeat", hb)
+
+
+def request(names: list[str], host: str | None = None, **kw: object) -> CreateRequest:
+    return CreateRequest(
+        request_id=f"req-{uuid.uuid4()}",
+        names=names,
+        flavor=TINY,
+        image="tiny",
+        networks=[NET],
+        host=host,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_migrations_from_empty_match_the_models(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        assert db.current_revision() is None
+        db.upgrade()
+        assert db.current_revision() == Database.head_revision()
+        db.upgrade()  # twice is harmless
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+    finally:
+        db.close()
+
+
+def test_create_decides_everything_and_returns_the_casts(store: Store) -> None:
+    heartbeat(store, "node1")
+    accepted = store.create(request(["a", "b"], host="node1"))
+    insts = accepted.response["instances"]
+    assert [i["name"] for i in insts] == ["a", "b"]
+    assert [i["ports"][0]["fixed_ip"] for i in insts] == ["10.10.0.10", "10.10.0.11"]
+    assert all(i["ports"][0]["mac"].startswith("fa:16:3e:") for i in insts)
+    kinds = [(c.kind, c.method) for c in accepted.casts]
+    assert kinds == [("l2", "port_created"), ("compute", "build_instance")] * 2
+    build = accepted.casts[1].message
+    assert isinstance(build, BuildInstance) and isinstance(accepted.casts[0].message, PortCreated)
+    assert str(build.instance.uuid) == insts[0]["uuid"]
+    assert str(build.instance.ports[0].fixed_ip) == "10.10.0.10"
+    assert [o["state"] for o in store.operations(accepted.response["request_id"])] == [
+        "pending",
+        "pending",
+    ]
+
+
+def test_addresses_never_clash_under_concurrency(store: Store) -> None:
+    for h in ("h1", "h2", "h3"):
+        heartbeat(store, h)
+    failures: list[BaseException] = []
+
+    def client() -> None:
+        try:
+            for _ in range(4):
+                store.create(request(["x", "y", "z"]))
+        except BaseException as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not failures
+    ips = [p["fixed_ip"] for p in store.ports()]
+    macs = [p["mac"] for p in store.ports()]
+    assert len(ips) == 96 and len(set(ips)) == 96 and len(set(macs)) == 96
+    hosts = {i["host"] for i in store.list_instances()}
+    assert hosts == {"h1", "h2", "h3"}
+
+
+def test_the_database_refuses_a_second_owner_of_an_address(store: Store) -> None:
+    heartbeat(store, "node1")
+    first = store.create(request(["a"], host="node1")).response["instances"][0]
+    with pytest.raises(Exception, match="uq_ports_network_ip|UNIQUE|unique"), store.db.writing() as s:
+        s.add(
+            Port(
+                id=str(uuid.uuid4()),
+                instance_uuid=first["uuid"],
+                network_id=str(NET.uuid),
+                host="node1",
+                mac="fa:16:3e:00:00:01",
+                fixed_ip=first["ports"][0]["fixed_ip"],
+                mtu=1450,
+                position=1,
+                state="pending",
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def test_exhausted_network_is_a_clear_conflict_and_creates_nothing(store: Store) -> None:
+    heartbeat(store, "node1")
+    req = CreateRequest(
+        request_id="req-x", names=[f"v{i}" for i in range(7)], flavor=TINY, image="tiny",
+        networks=[SMALL], host="node1",
+    )  # fmt: skip
+    with pytest.raises(errors.NetworkExhaustedError, match="'small'"):
+        store.create(req)
+    assert store.list_instances() == []
+
+
+def test_host_checks(store: Store) -> None:
+    with pytest.raises(errors.HostUnavailable, match="no compute-agent of that host was heard"):
+        store.create(request(["a"], host="nowhere"))
+    heartbeat(store, "small", vcpus=1, memory_mb=200)
+    store.create(request(["a"], host="small"))
+    with pytest.raises(errors.HostNoCapacity, match="0 of 1 vCPUs free"):
+        store.create(request(["b"], host="small"))
+    with pytest.raises(errors.NoHost, match="small: 0 of 1 vCPUs free"):
+        store.create(request(["b"]))
+
+
+def test_idempotency_key_replays_and_refuses_a_different_body(store: Store) -> None:
+    heartbeat(store, "node1")
+    first = store.create(request(["a"], host="node1", idempotency_key="k1", body_hash="h1"))
+    again = store.create(request(["a"], host="node1", idempotency_key="k1", body_hash="h1"))
+    assert again.replayed and again.casts == []
+    assert again.response == first.response
+    assert len(store.list_instances()) == 1
+    with pytest.raises(errors.IdempotencyConflict):
+        store.create(request(["a"], host="node1", idempotency_key="k1", body_hash="other"))
+
+
+def _vif(port: dict[str, object], rid: str, event: str = "port.vif_plugged") -> VifEvent:
+    return VifEvent(
+        request_id=rid, host="node1", port_id=uuid.UUID(str(port["id"])), device="tapx",
+        bridge="brqx", received_at=datetime.now(UTC),
+    )  # fmt: skip
+
+
+def _inst(uuid_: str, rid: str, **kw: object) -> InstanceEvent:
+    return InstanceEvent(request_id=rid, host="node1", instance_uuid=uuid.UUID(uuid_), **kw)  # type: ignore[arg-type]
+
+
+def test_reports_drive_state_timeline_and_release(store: Store) -> None:
+    heartbeat(store, "node1")
+    records = Records(store)
+    acc = store.create(request(["web"], host="node1"))
+    rid = acc.response["request_id"]
+    inst = acc.response["instances"][0]
+    store.mark_sent({o["id"]: datetime.now(UTC) for o in store.operations(rid)})
+    records.apply("port.vif_plugged", _vif(inst["ports"][0], rid))
+    records.apply("instance.create.start", _inst(inst["uuid"], rid, state="building", elapsed_ms=1))
+    records.apply("instance.create.progress", _inst(inst["uuid"], rid, step="guest_started"))
+    end = _inst(inst["uuid"], rid, state="running")
+    records.apply("instance.create.end", end)
+    records.apply("instance.create.end", end)  # delivered twice: nothing more happens
+    shown = store.show("web")
+    assert (shown["state"], shown["task"], shown["fault"]) == ("running", None, None)
+    assert shown["ports"][0]["state"] == "wired" and shown["ports"][0]["device"] == "tapx"
+    assert [o["state"] for o in shown["operations"]] == ["done"]
+    events = [e["event"] for e in store.timeline("web")["events"]]
+    for hop in ("api.received", "casts.sent", "port.received", "port.vif_plugged",
+                "instance.create.received", "instance.create.end", "operation.done"):  # fmt: skip
+        assert hop in events
+    assert events.count("operation.done") == 1
+
+    deleting = store.delete("web")
+    assert [c.method for c in deleting.casts] == ["delete_instance"]
+    drid = deleting.response["request_id"]
+    # the address is held until the guest is gone
+    assert store.ports()[0]["fixed_ip"] == "10.10.0.10"
+    applied = records.apply("instance.delete.end", _inst(inst["uuid"], drid, state="deleted"))
+    assert [c.method for c in applied.casts] == ["port_deleted"]
+    assert isinstance(applied.casts[0].message, PortDeleted)
+    assert store.ports() == []
+    assert store.list_instances() == []
+    assert store.list_instances(state="deleted")[0]["uuid"] == inst["uuid"]
+    # the address is free again
+    again = store.create(request(["web2"], host="node1")).response["instances"][0]
+    assert again["ports"][0]["fixed_ip"] == "10.10.0.10"
+
+
+def test_build_error_releases_ports_and_keeps_the_reason(store: Store) -> None:
+    heartbeat(store, "node1")
+    acc = store.create(request(["web"], host="node1"))
+    rid, inst = acc.response["request_id"], acc.response["instances"][0]
+    applied = Records(store).apply(
+        "instance.create.error", _inst(inst["uuid"], rid, reason="vif plugging timed out")
+    )
+    assert [c.method for c in applied.casts] == ["port_deleted"]
+    shown = store.show(inst["uuid"])
+    assert (shown["state"], shown["fault"], shown["ports"]) == (
+        "error",
+        "vif plugging timed out",
+        [],
+    )
+    final = [e for e in store.timeline("web")["events"] if e["final"]]
+    assert [(e["event"], e["reason"]) for e in final] == [
+        ("operation.error", "vif plugging timed out")
+    ]
+
+
+def test_stalled_operations_are_recast_then_given_up(store: Store) -> None:
+    heartbeat(store, "node1")
+    acc = store.create(request(["web"], host="node1"))
+    rid = acc.response["request_id"]
+    op_id = store.operations(rid)[0]["id"]
+    store.mark_sent({op_id: datetime.now(UTC)})
+    casts, failed = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
+    assert (casts, failed) == ([], [])  # not quiet long enough
+    old = datetime.now(UTC) - timedelta(seconds=60)
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=old))
+    casts, failed = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
+    assert [c.method for c in casts] == ["port_created", "build_instance"]
+    assert casts[1].message.instance.uuid == uuid.UUID(acc.response["instances"][0]["uuid"])  # type: ignore[attr-defined]
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=old, attempts=3))
+    casts, failed = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
+    assert casts == [] and failed == [op_id]
+    shown = store.show("web")
+    assert shown["state"] == "error" and "no answer from host 'node1'" in shown["fault"]
+    assert shown["ports"] == []
+
+
+def test_busy_instance_refuses_reboot_but_delete_supersedes(store: Store) -> None:
+    heartbeat(store, "node1")
+    store.create(request(["web"], host="node1"))
+    with pytest.raises(errors.InstanceBusy, match="create"):
+        store.reboot("web", hard=False)
+    store.delete("web")
+    ops = store.show("web")["operations"]
+    assert [(o["kind"], o["state"]) for o in ops] == [("delete", "pending"), ("create", "error")]
+
+
+def test_names_resolve_or_are_ambiguous(store: Store) -> None:
+    heartbeat(store, "node1")
+    store.create(request(["twin"], host="node1"))
+    store.create(request(["twin"], host="node1"))
+    with pytest.raises(errors.AmbiguousName) as err:
+        store.show("twin")
+    assert err.value.valid is not None and len(err.value.valid) == 2
+    with pytest.raises(errors.InstanceNotFound):
+        store.show("nobody")
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: object) -> None:
+    db = Database(f"sqlite:///{tmp_path}/w.sqlite")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        db.close()
+
+
+def test_a_mac_clash_is_retried_with_a_fresh_choice(store: Store) -> None:
+    import random
+
+    heartbeat(store, "node1")
+    first_mac = ipam.new_mac(random.Random(7))
+    # another port already holds the MAC the seeded generator proposes first
+    store.rng = random.Random(7)
+    taken = store.create(request(["a"], host="node1")).response["instances"][0]
+    assert taken["ports"][0]["mac"] == first_mac
+    store.rng = random.Random(7)
+    second = store.create(request(["b"], host="node1")).response["instances"][0]
+    assert second["ports"][0]["mac"] != first_mac
+    assert len({p["mac"] for p in store.ports()}) == 2
