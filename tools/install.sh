@@ -19,7 +19,8 @@
 #   /opt/agents/share/          pristine sample configs, docs
 #   /usr/local/bin/{agentctl,compute-agent,l2-agent}  symlinks into the venv
 #   /etc/agents/*.conf          sample configs, only where no file exists yet (0640 root:agents)
-#   /etc/systemd/system/{compute-agent,l2-agent}.service
+#   /etc/systemd/system/{agents-controller,compute-agent,l2-agent}.service
+#   user `agents`               runs agents-controller (no privileges, no login)
 #   /var/lib/agents/{,images,instances}  state, base images, instance disks
 #   group `agents`              may read /etc/agents (broker credentials): add operators
 #                               who run agentctl to it
@@ -43,8 +44,10 @@ PYTHON=/usr/bin/python3
 ACTION=install
 PURGE=0
 
-UNITS=(compute-agent.service l2-agent.service)
-SCRIPTS=(agentctl compute-agent l2-agent)
+UNITS=(agents-controller.service compute-agent.service l2-agent.service)
+SCRIPTS=(agentctl agents-controller compute-agent l2-agent)
+# The controller runs as this unprivileged user (SQLite file under /var/lib/agents/controller).
+SERVICE_USER=agents
 GROUP=agents
 POLICY=agents-notifications
 # oslo's Notifier declares `<topic>.<priority>` queues nobody may consume (PLATFORM.md):
@@ -110,6 +113,12 @@ install_accounts() {
         groupadd "${ACCOUNT_ARGS[@]}" --system "$GROUP"
         say "created group $GROUP"
         record "group $GROUP"
+    fi
+    if ! has_user "$SERVICE_USER"; then
+        useradd "${ACCOUNT_ARGS[@]}" --system --no-create-home --home-dir /var/lib/agents \
+            --shell /usr/sbin/nologin --gid "$GROUP" "$SERVICE_USER"
+        say "created user $SERVICE_USER"
+        record "user $SERVICE_USER"
     fi
     # libvirt's QEMU driver refuses to open without a group of this name, even before it
     # reads qemu.conf (measured); Debian's libvirt-daemon-system would create both.
@@ -198,6 +207,16 @@ install_units() {
     fi
 }
 
+enable_controller() {
+    # The controller works as installed (SQLite, loopback API): enable and start it. The
+    # agents wait for the operator's host config.
+    if systemd_running; then
+        systemctl enable --now agents-controller.service \
+            && say "enabled and started agents-controller" \
+            || say "WARNING: agents-controller did not start: journalctl -u agents-controller"
+    fi
+}
+
 install_broker_policy() {
     broker_policy_wanted || return 0
     if rabbitmqctl set_policy -p "$VHOST" --apply-to queues --priority 0 \
@@ -220,6 +239,7 @@ do_install() {
     install_configs
     install_units
     install_broker_policy
+    enable_controller
     say "installed $("$VENV/bin/compute-agent" --version 2>/dev/null || echo agents) into ${ROOT:-/}"
     if [ -z "$ROOT" ]; then
         say "next: edit /etc/agents/*.conf, then: systemctl enable --now l2-agent compute-agent"

@@ -44,6 +44,8 @@ REAL_PATHS = [
     "/usr/local/bin/compute-agent",
     "/etc/systemd/system/l2-agent.service",
     "/etc/systemd/system/compute-agent.service",
+    "/etc/systemd/system/agents-controller.service",
+    "/usr/local/bin/agents-controller",
 ]
 
 

@@ -34,7 +34,8 @@ pytestmark = [
 
 # Exposure as `systemd-analyze security` scores it (0 = locked down, 10 = unprotected),
 # times ten. The l2-agent only needs CAP_NET_ADMIN; the compute-agent runs QEMU.
-EXPOSURE_LIMIT = {"l2-agent.service": 30, "compute-agent.service": 75}
+CONFIG_NAME = {"agents-controller": "controller"}
+EXPOSURE_LIMIT = {"agents-controller.service": 15, "l2-agent.service": 30, "compute-agent.service": 75}
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -76,6 +77,7 @@ def test_exposure_stays_under_its_limit(unit: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("unit", UNITS)
 def test_unit_keeps_the_daemon_contract(unit: str) -> None:
     agent = unit.removesuffix(".service")
+    conf = CONFIG_NAME.get(agent, agent)
     u = parse(UNIT_DIR / unit)
     assert one(u, "Service", "Type") == "notify"
     assert one(u, "Service", "NotifyAccess") == "main"
@@ -83,7 +85,7 @@ def test_unit_keeps_the_daemon_contract(unit: str) -> None:
     assert int(one(u, "Service", "WatchdogSec")) >= 10
     assert one(u, "Service", "ExecStart") == (
         f"/opt/agents/venv/bin/{agent} --config-file /etc/agents/shared.conf "
-        f"--config-file /etc/agents/{agent}.conf"
+        f"--config-file /etc/agents/{conf}.conf"
     )
     assert "rabbitmq-server.service" in words(u, "Unit", "After")
     # the broker may be remote: ordering only, never a hard requirement
@@ -91,11 +93,13 @@ def test_unit_keeps_the_daemon_contract(unit: str) -> None:
     assert one(u, "Service", "StandardOutput") == "journal"
     for setting in ("ProtectHome", "PrivateTmp"):
         assert one(u, "Service", setting) == "yes"
+    # the agents speak netlink (taps, bridges; libvirt); the controller only TCP and unix
+    netlink = {"AF_NETLINK"} if agent != "agents-controller" else set()
     assert set(words(u, "Service", "RestrictAddressFamilies")) == {
         "AF_UNIX",
         "AF_INET",
         "AF_INET6",
-        "AF_NETLINK",
+        *netlink,
     }
     assert words(u, "Install", "WantedBy") == ["multi-user.target"]
 

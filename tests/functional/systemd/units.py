@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.hosts import REPO
 
 UNIT_DIR = REPO / "systemd"
-UNITS = ("compute-agent.service", "l2-agent.service")
+UNITS = ("agents-controller.service", "compute-agent.service", "l2-agent.service")
 INSTALLED_VENV_BIN = "/opt/agents/venv/bin"
 
 
