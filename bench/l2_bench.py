@@ -2,7 +2,7 @@
 """l2-agent benchmark (issue 4): plug latency, throughput over 1,000 ports, reconcile time.
 
 Runs the real agent pieces in this process (broker connection direct, not relayed, as
-PLATFORM.md advises), all netlink work in a network namespace made for the run and
+docs/platform.md advises), all netlink work in a network namespace made for the run and
 deleted afterwards, on a control exchange and host name of its own. It prints:
 
 - port_created received by the endpoint -> port.vif_plugged emitted (p50, p99), ports

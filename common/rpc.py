@@ -3,9 +3,9 @@
 What it owns:
 - one private `cfg.ConfigOpts` per `Messaging` object (never the global CONF), filled
   from our typed `MessagingSettings`;
-- RPC servers and clients on the per-host targets of DESIGN.md (topic `compute` or
+- RPC servers and clients on the per-host targets of docs/design.md (topic `compute` or
   `l2-agent`, server = host), casts sent with the mandatory flag so a cast to a host
-  nobody ever served fails instead of vanishing (PLATFORM.md);
+  nobody ever served fails instead of vanishing (docs/platform.md);
 - notifiers (driver messagingv2) and notification listeners;
 - `EventWatcher`: a kombu consumer on an exclusive, auto-delete queue bound to the
   notification exchange, for a transient watcher (agentctl) that must see every event
@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import kombu
 
 # oslo.messaging imports eventlet through oslo.service/futurist, which warns that eventlet
-# is deprecated at import; nothing here uses or monkey-patches eventlet (PLATFORM.md), so
+# is deprecated at import; nothing here uses or monkey-patches eventlet (docs/platform.md), so
 # the warning only adds noise to every daemon's journal.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 import oslo_messaging
@@ -215,7 +215,7 @@ class Messaging:
         self.conf = cfg.ConfigOpts()
         for group, options in om_opts.list_opts():
             self.conf.register_opts(options, group=group)
-        # list_opts() omits these two groups, yet every cast/call reads them (PLATFORM.md).
+        # list_opts() omits these two groups, yet every cast/call reads them (docs/platform.md).
         self.conf.register_opts(om_tracing.oslo_messaging_tracing, group="oslo_messaging_tracing")
         self.conf.register_opts(om_metrics.oslo_messaging_metrics, group="oslo_messaging_metrics")
         self.conf([], project="agents", default_config_files=[])
@@ -360,7 +360,7 @@ class BatchNotifier:
 
     Same wire as oslo: the control exchange (topic, durable as oslo declares it),
     routing key `<topic>.<priority>`, the queue of that name declared like oslo's
-    Notifier does (PLATFORM.md), body {"oslo.version": "2.0", "oslo.message": json},
+    Notifier does (docs/platform.md), body {"oslo.version": "2.0", "oslo.message": json},
     so oslo notification listeners and EventWatcher read it unchanged.
     Not thread-safe: one per sending thread.
     """

@@ -23,7 +23,7 @@ WORK="$OUTDIR/.work"
 IMAGE="$OUTDIR/tiny"
 INIT="$REPO/tools/guest-image/init"
 BUSYBOX="${BUSYBOX:-/bin/busybox}"
-# Dependency order of virtio-net in Debian's cloud kernel (PLATFORM.md); init loads them in this order.
+# Dependency order of virtio-net in Debian's cloud kernel (docs/platform.md); init loads them in this order.
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
 CMDLINE="loglevel=4 panic=0"
 

@@ -50,7 +50,7 @@ SCRIPTS=(agentctl agents-controller compute-agent l2-agent)
 SERVICE_USER=agents
 GROUP=agents
 POLICY=agents-notifications
-# oslo's Notifier declares `<topic>.<priority>` queues nobody may consume (PLATFORM.md):
+# oslo's Notifier declares `<topic>.<priority>` queues nobody may consume (docs/platform.md):
 # events_topic (agents_events.*) and the per-host vif topics (vif_events.<host>.*).
 POLICY_PATTERN='^(agents_events|vif_events)\.'
 POLICY_DEFINITION='{"max-length":10000,"message-ttl":3600000}'

@@ -43,7 +43,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # libvirt's QEMU driver (qemu:///embed included) refuses to start without this user and
-# a group of the same name, even when qemu.conf runs guests as root (PLATFORM.md).
+# a group of the same name, even when qemu.conf runs guests as root (docs/platform.md).
 getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 if ! getent passwd libvirt-qemu >/dev/null; then
     getent group kvm >/dev/null || groupadd --system kvm

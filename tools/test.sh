@@ -16,6 +16,8 @@ VENV="${AGENTS_VENV:-$REPO/.venv}"
 
 echo "== ruff"
 "$VENV/bin/ruff" check agents common
+echo "== import contracts"
+"$VENV/bin/lint-imports" --no-cache >/dev/null || "$VENV/bin/lint-imports" --no-cache
 echo "== mypy"
 "$VENV/bin/mypy" agents common
 echo "== pytest"

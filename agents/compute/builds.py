@@ -12,7 +12,7 @@ It owns:
 - `drain()`: on SIGTERM, builds get the grace to finish, then the rest fail visibly.
 
 The order of a build (start -> ports_plugged -> guest_defined -> guest_started -> end)
-follows DESIGN.md: the guest is defined and started only once its taps exist.
+follows docs/design.md: the guest is defined and started only once its taps exist.
 It must not parse wire messages (the manager does) nor import libvirt.
 """
 

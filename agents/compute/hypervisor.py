@@ -8,7 +8,7 @@ a typed HypervisorError that names the operation and the instance.
 It must not decide anything: no XML building, no metadata parsing beyond "is there an
 element in our namespace", no retries, no notifications.
 
-Facts it relies on (PLATFORM.md):
+Facts it relies on (docs/platform.md):
 - qemu:///embed runs the QEMU driver in this process and needs an event loop:
   virEventRegisterDefaultImpl() before opening, then virEventRunDefaultImpl() in a
   thread. Its root needs etc/qemu.conf with stdio_handler="file" (no virtlogd) and
@@ -55,7 +55,7 @@ _STATES: dict[int, InstanceState] = {
 }
 
 EMBED_QEMU_CONF = """\
-# Written by compute-agent for its qemu:///embed root (see PLATFORM.md).
+# Written by compute-agent for its qemu:///embed root (see docs/platform.md).
 stdio_handler = "file"
 user = "root"
 group = "root"

@@ -5,7 +5,7 @@ server = host) and is the boundary: it validates what arrived, binds request_id 
 instance_uuid to the log context, catches everything, logs it once and reports it
 (an error notification when an instance uuid can be salvaged, agent.message_rejected
 otherwise); nothing raised in a cast may stop the server consuming. RPC casts are
-acknowledged before the endpoint runs (PLATFORM.md): a build accepted here is the
+acknowledged before the endpoint runs (docs/platform.md): a build accepted here is the
 pipeline's to finish or to fail visibly.
 
 Builds go to `builds.BuildPipeline`; a port.vif_plugged for a running guest goes to

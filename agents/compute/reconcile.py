@@ -1,6 +1,6 @@
 """Start-up reconcile: make libvirt and this host's files agree with what the agent owns.
 
-The host is the truth (DESIGN.md). On start, before taking any message:
+The host is the truth (docs/design.md). On start, before taking any message:
 - an owned domain that runs, or that ran and was shut off: counted, left alone;
 - an owned domain with a fault in its record: an error record, left for the operator;
 - an owned domain defined but never started (the agent died between define and

@@ -1,7 +1,7 @@
 """The kernel edge of the compute-agent: does anyone read a tap right now?
 
 One question, answered with one ioctl (SIOCGIFFLAGS) on a socket of this process, so it
-is asked in the agent's own network namespace, the one QEMU opens taps in (PLATFORM.md:
+is asked in the agent's own network namespace, the one QEMU opens taps in (docs/platform.md:
 a `managed='no'` tap must be in the namespace of the process that starts QEMU); it works
 without /sys, whichever namespace /sys was mounted for.
 

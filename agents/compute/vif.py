@@ -6,7 +6,7 @@ pre-created (`managed='no'`: libvirt opens it and never creates or deletes it);
 where libvirt makes the tap itself. The port's `vif_type` chooses; MAC, MTU and NIC
 model come from the port (the MTU falls back to the network's, when known).
 
-Device names follow DESIGN.md and must match what the l2-agent creates:
+Device names follow docs/design.md and must match what the l2-agent creates:
 tap + port uuid[:11], brq + network uuid[:11] (15 characters at most, IFNAMSIZ - 1).
 It never touches the kernel or libvirt.
 """

@@ -1,7 +1,7 @@
 """The l2-agent's RPC boundary: every message is checked here and handed on, or refused.
 
 Casts (`port_created`, `port_updated`, `port_deleted`, `report_state`) are acknowledged
-by oslo.messaging before the endpoint runs (PLATFORM.md), so nothing may escape from
+by oslo.messaging before the endpoint runs (docs/platform.md), so nothing may escape from
 here: a message that does not validate, is addressed to another host or breaks in an
 unexpected way is logged once, counted, answered with `port.plug_failed` when a port
 uuid can be salvaged, and reported as `agent.message_rejected`; the daemon goes on.

@@ -1,6 +1,6 @@
 """Device naming of the l2-agent: pure functions, bounded to IFNAMSIZ - 1 characters.
 
-The names follow the OpenStack conventions operators know (DESIGN.md): `tap` + port
+The names follow the OpenStack conventions operators know (docs/design.md): `tap` + port
 uuid[:11], `brq` + network uuid[:11], `vxlan-<vni>`, `<physdev>.<vid>`. The `owns_*`
 predicates recognise exactly the names this module produces, so reconcile can remove
 its own leftovers and never touch anything else. No I/O here.

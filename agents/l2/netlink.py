@@ -2,7 +2,7 @@
 
 `Netlink` offers the few link operations the wiring needs, all in one network namespace
 (empty = the process's own). A thread that entered the namespace with setns(2) owns the
-one `IPRoute` (kept open: opening one costs ~18 ms, PLATFORM.md) and runs every write
+one `IPRoute` (kept open: opening one costs ~18 ms, docs/platform.md) and runs every write
 and every tap creation (TUNSETIFF on /dev/net/tun) there, so nothing ever forks. Reads go
 through the small rtnetlink reader in _rtnl.py. pyroute2's `NetlinkError` and OS errors
 become typed errors carrying the device, namespace and errno. `LinkEvents` follows
@@ -64,7 +64,7 @@ def translate(
         return DeviceNotFound(device=device, namespace=namespace or "(own)")
     if op == "add" and kind is not None and code == errnos.EOPNOTSUPP:
         # "Unknown device type": the kernel has no driver for this link kind
-        # (this machine has no 8021q module, PLATFORM.md).
+        # (this machine has no 8021q module, docs/platform.md).
         return KernelFeatureMissing(
             device=device, feature=_FEATURES.get(kind, f"{kind} links"), errno=code, problem=problem
         )

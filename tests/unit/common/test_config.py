@@ -23,7 +23,7 @@ def test_sample_shared_config_loads() -> None:
     cfg = load(BaseConfig, [SHARED])
     assert cfg.messaging.control_exchange == "agents"
     assert cfg.networks["net1"].type == "vxlan"
-    assert cfg.flavors["m1.tiny"].memory_mb >= 96  # TCG guests hang below that (PLATFORM.md)
+    assert cfg.flavors["m1.tiny"].memory_mb >= 96  # TCG guests hang below that (docs/platform.md)
 
 
 def test_later_file_overrides_earlier_key_by_key(tmp_path: Path) -> None:

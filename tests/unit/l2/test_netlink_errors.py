@@ -11,7 +11,7 @@ from agents.l2.netlink import translate
 
 
 def test_vlan_without_8021q_names_the_missing_kernel_feature() -> None:
-    # What this machine's kernel answers to `add type vlan` (PLATFORM.md): errno 95.
+    # What this machine's kernel answers to `add type vlan` (docs/platform.md): errno 95.
     err = translate(
         NetlinkError(errno.EOPNOTSUPP, "Operation not supported"),
         op="add",
