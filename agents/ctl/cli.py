@@ -1,106 +1,122 @@
-"""`agentctl`: the operator's command line over the client API.
+"""`agentctl`: the operator's command line, a thin layer over `agents.ctl.client.Client`.
 
-Owns running a command (the grammar is in `parser`), turning results into text or
-JSON, and turning errors into documented exit codes:
+Owns running a command (the grammar is in `parser`), turning results into text or JSON
+(`output`), and turning errors into documented exit codes:
 
-    0 done   1 the operation failed   2 usage or bad input   3 broker unreachable
-    4 timed out   5 no agent serves that host (never did, or is down)
+    0 done   1 the operation failed   2 usage or bad input   3 controller unreachable
+    4 timed out   5 no agent serves that host, or nothing fits
 
-No traceback reaches the user unless --debug is given. Must not talk to the broker
-itself: everything goes through `agents.ctl.client.Client`.
+No traceback reaches the user unless --debug is given. Must stay a fast client of the
+controller's REST API: it imports only the stdlib and `agents.ctl` (never the broker,
+the agents, the controller, pydantic or `common`), and what one command needs is
+imported inside that command, so `--help` does not pay for `http.client`.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import os
 import sys
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from agents.ctl import completion
 from agents.ctl.errors import (
-    AgentDown,
-    AmbiguousName,
-    InstanceNotFound,
-    NetworkExhausted,
-    NoLiveAgents,
-    UnknownChoice,
-)
-from agents.ctl.parser import build_parser
-from common.errors import (
-    AgentsError,
-    BrokerUnreachable,
+    ApiError,
+    BadResponse,
     ConfigError,
     ConfigFileError,
-    ConfigSectionError,
+    ControllerTimeout,
+    ControllerUnreachable,
+    CtlError,
+    HostMismatch,
     InvalidInput,
-    InvalidMessage,
-    NoAgentForHost,
-    RemoteCallTimeout,
-    RemoteError,
 )
+from agents.ctl.parser import build_parser
 
 if TYPE_CHECKING:
     from agents.ctl.client import Client, Outcome
     from agents.ctl.progress import Update
-    from agents.ctl.settings import CtlConfig
+    from agents.ctl.settings import CtlSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-EXIT_BROKER = 3
+EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
 EXIT_NO_AGENT = 5
 
-EXIT_CODES: dict[type[AgentsError], int] = {
-    InvalidInput: EXIT_USAGE,
-    UnknownChoice: EXIT_USAGE,
-    AmbiguousName: EXIT_USAGE,
-    InstanceNotFound: EXIT_USAGE,
+EXIT_CODES: dict[type[CtlError], int] = {
     ConfigError: EXIT_USAGE,
     ConfigFileError: EXIT_USAGE,
-    ConfigSectionError: EXIT_USAGE,
-    BrokerUnreachable: EXIT_BROKER,
-    RemoteCallTimeout: EXIT_TIMEOUT,
-    NoAgentForHost: EXIT_NO_AGENT,
-    AgentDown: EXIT_NO_AGENT,
-    NoLiveAgents: EXIT_NO_AGENT,
-    NetworkExhausted: EXIT_FAILED,
-    RemoteError: EXIT_FAILED,
-    InvalidMessage: EXIT_FAILED,
+    InvalidInput: EXIT_USAGE,
+    HostMismatch: EXIT_USAGE,
+    ControllerUnreachable: EXIT_UNREACHABLE,
+    ControllerTimeout: EXIT_TIMEOUT,
+    BadResponse: EXIT_FAILED,
 }
 
+# The controller's error codes (docs/api.md); any other code is EXIT_FAILED.
+API_EXIT_CODES: dict[str, int] = {
+    "request.invalid": EXIT_USAGE,
+    "flavor.unknown": EXIT_USAGE,
+    "network.unknown": EXIT_USAGE,
+    "image.invalid": EXIT_USAGE,
+    "instance.not_found": EXIT_USAGE,
+    "instance.ambiguous": EXIT_USAGE,
+    "idempotency.conflict": EXIT_USAGE,
+    "operation.not_found": EXIT_USAGE,
+    "host.unavailable": EXIT_NO_AGENT,
+    "host.not_found": EXIT_NO_AGENT,
+    "scheduler.no_host": EXIT_NO_AGENT,
+    "host.no_capacity": EXIT_NO_AGENT,
+    "agent.unreachable": EXIT_NO_AGENT,
+    "agent.timeout": EXIT_TIMEOUT,
+}
 
-def exit_code(err: AgentsError) -> int:
+# `completion hosts|flavors|networks` runs on every Tab: a slow answer is worse than none.
+COMPLETION_CONNECT_S = 0.3
+COMPLETION_CALL_S = 1.0
+
+
+def exit_code(err: CtlError) -> int:
+    if isinstance(err, ApiError):
+        return API_EXIT_CODES.get(err.code, EXIT_FAILED)
     for cls in type(err).__mro__:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
     return EXIT_FAILED
 
 
-# --------------------------------------------------------------------------- commands
+# --------------------------------------------------------------------------- output
 
 
 class Ui:
-    """Where results go: stdout for results, stderr for progress notes and errors."""
+    """Where results go: stdout for results, stderr for notes, warnings and errors."""
 
-    def __init__(self, json_mode: bool, out: TextIO, err: TextIO) -> None:
+    def __init__(self, json_mode: bool, debug: bool, out: TextIO, err: TextIO) -> None:
         self.json = json_mode
+        self.debug_mode = debug
         self.out = out
         self.err = err
 
     def result(self, text: str, data: Any) -> None:
-        from agents.ctl.output import to_json
+        if self.json:
+            from agents.ctl.output import to_json
 
-        print(to_json(data) if self.json else text, file=self.out, flush=True)
+            print(to_json(data), file=self.out, flush=True)
+        elif text:
+            print(text, file=self.out, flush=True)
 
     def note(self, text: str) -> None:
         print(text, file=self.err, flush=True)
 
     def warn(self, text: str) -> None:
         print(f"agentctl: warning: {text}", file=self.err, flush=True)
+
+    def debug(self, text: str) -> None:
+        if self.debug_mode:
+            print(f"agentctl: debug: {text}", file=self.err, flush=True)
 
     def update(self, update: Update) -> None:
         from agents.ctl.output import to_json, update_json, update_line
@@ -111,8 +127,11 @@ class Ui:
             print(f"  {update_line(update)}", file=self.out, flush=True)
 
 
-def _outcome_code(outcome: Outcome) -> int:
-    if not outcome.waited:
+# --------------------------------------------------------------------------- commands
+
+
+def _outcome_code(outcome: Outcome | None) -> int:
+    if outcome is None:
         return EXIT_OK
     if outcome.tracker.failed:
         return EXIT_FAILED
@@ -121,158 +140,121 @@ def _outcome_code(outcome: Outcome) -> int:
     return EXIT_OK
 
 
-def _outcome_text(outcome: Outcome, timeout: float) -> str:
-    t = outcome.tracker
-    if not outcome.waited:
-        return (
-            f"{outcome.operation} sent ({outcome.request_id});"
-            f" follow it with: agentctl watch --host {outcome.host}"
-        )
-    lines = [
-        f"{outcome.operation}: {len(t.succeeded)} done, {len(t.failed)} failed,"
-        f" {len(t.pending)} unfinished"
-        f" in {outcome.elapsed_s:.1f}s"
-    ]
-    lines += [f"  {i.name} ({i.uuid}): {i.reason}" for i in t.failed]
-    if outcome.timed_out:
-        lines += [
-            f"  {i.name} ({i.uuid}): no answer within {timeout:.0f}s;"
-            f" it may still finish on {outcome.host}"
-            for i in t.pending
-        ]
-    return "\n".join(lines)
+def _follow(
+    client: Client,
+    args: argparse.Namespace,
+    ui: Ui,
+    accepted: dict[str, Any],
+    started: float,
+    summary: Callable[[dict[str, Any], Outcome | None], dict[str, Any]],
+) -> int:
+    from agents.ctl.output import outcome_text
+
+    timeout = args.timeout or client.wait_timeout
+    outcome = None
+    if args.wait:
+        outcome = client.wait(accepted, timeout=timeout, on_update=ui.update, started=started)
+    ui.result(outcome_text(accepted, outcome, timeout), summary(accepted, outcome))
+    return _outcome_code(outcome)
 
 
 def cmd_build(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    from agents.ctl.output import PLAN_HEADERS, instance_result, plan_rows, table
+    from agents.ctl.output import PLAN_HEADERS, build_result, plan_rows, table
 
-    # before planning: an unknown or dead host is answered without a discovery window
-    client.require_agent("compute", args.host)
-    plan = client.plan_build(
-        args.host,
+    started = client.clock()
+    accepted = client.build(
         name=args.name,
         count=args.count,
         flavor=args.flavor,
         image=args.image,
         networks=args.network,
+        host=args.host,
     )
     if not ui.json:
-        ui.result(table(PLAN_HEADERS, plan_rows(plan)), None)
-    outcome = client.send_build(plan, wait=args.wait, timeout=args.timeout, on_update=ui.update)
-    timeout = args.timeout or client.config.agentctl.wait_timeout
-    data = {
-        "request_id": plan.request_id,
-        "ok": outcome.ok,
-        "timed_out": outcome.timed_out,
-        "elapsed_s": round(outcome.elapsed_s, 3),
-        "instances": instance_result(plan, outcome.tracker.instances if args.wait else None),
-    }
-    ui.result(_outcome_text(outcome, timeout), data)
-    return _outcome_code(outcome)
+        ui.result(table(PLAN_HEADERS, plan_rows(accepted["instances"])), None)
+    return _follow(client, args, ui, accepted, started, build_result)
 
 
 def cmd_delete_or_reboot(client: Client, args: argparse.Namespace, ui: Ui) -> int:
+    from agents.ctl.output import instance_result
+
+    started = client.clock()
     if args.operation == "delete":
-        outcome = client.send_delete(
-            args.host, args.instance, wait=args.wait, timeout=args.timeout, on_update=ui.update
-        )
+        accepted = client.delete(args.instance, host=args.host)
     else:
-        outcome = client.send_reboot(
-            args.host,
-            args.instance,
-            hard=args.hard,
-            wait=args.wait,
-            timeout=args.timeout,
-            on_update=ui.update,
-        )
-    timeout = args.timeout or client.config.agentctl.wait_timeout
-    inst = next(iter(outcome.tracker.instances.values()))
-    data = {
-        "request_id": outcome.request_id,
-        "operation": outcome.operation,
-        "ok": outcome.ok,
-        "timed_out": outcome.timed_out,
-        "instance_uuid": str(inst.uuid),
-        "name": inst.name,
-        "state": {
-            "done": "done",
-            "failed": "error",
-            "pending": "sent" if not args.wait else "timed_out",
-        }[inst.state],
-        "reason": inst.reason,
-    }
-    ui.result(_outcome_text(outcome, timeout), data)
-    return _outcome_code(outcome)
+        accepted = client.reboot(args.instance, args.hard, host=args.host)
+    return _follow(client, args, ui, accepted, started, instance_result)
 
 
 def cmd_list(client: Client, args: argparse.Namespace, ui: Ui) -> int:
+    instances = client.list_instances(args.host)
+    # imported after the answer: an error exit need not pay for the formatting
     from agents.ctl.output import INSTANCE_HEADERS, instance_rows, table
 
-    instances = client.list_instances(args.host)
-    ui.result(
-        table(INSTANCE_HEADERS, instance_rows(instances)),
-        [i.model_dump(mode="json") for i in instances],
-    )
+    ui.result(table(INSTANCE_HEADERS, instance_rows(instances)), instances)
     return EXIT_OK
 
 
 def cmd_show(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    from agents.ctl.output import instance_details
+    from agents.ctl.output import instance_details, timeline_lines
 
-    info = client.show(args.instance, args.host)
-    ui.result(instance_details(info), info.model_dump(mode="json"))
+    inst = client.show(args.instance, host=args.host)
+    if not args.timeline:
+        ui.result(instance_details(inst), inst)
+        return EXIT_OK
+    # by uuid: the name may have been given to another instance in between
+    events = client.timeline(inst["uuid"])["events"]
+    text = "\n".join([instance_details(inst), "", "timeline:", *timeline_lines(events)])
+    ui.result(text, {**inst, "events": events})
     return EXIT_OK
 
 
 def cmd_console_log(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    if args.tail is not None and args.tail < 0:
-        raise InvalidInput(field="--tail", value=args.tail, problem="must be 0 or more")
-    logged = client.console_log(args.instance, args.host, args.tail)
+    logged = client.console_log(args.instance, args.tail, host=args.host)
     if ui.json:
-        ui.result("", logged.model_dump(mode="json"))
-    else:
-        ui.out.write(
-            logged.text if logged.text.endswith("\n") or not logged.text else logged.text + "\n"
-        )
-        if logged.truncated:
-            ui.note("(older output cut off)")
+        ui.result("", logged)
+        return EXIT_OK
+    text: str = logged["text"]
+    ui.out.write(text if text.endswith("\n") or not text else text + "\n")
+    ui.out.flush()
+    if logged["truncated"]:
+        ui.note("(older output cut off)")
     return EXIT_OK
 
 
 def cmd_ports(client: Client, args: argparse.Namespace, ui: Ui) -> int:
+    ports = client.ports(args.host)
     from agents.ctl.output import PORT_HEADERS, port_rows, table
 
-    ports = client.ports(args.host)
-    ui.result(table(PORT_HEADERS, port_rows(ports.ports)), ports.model_dump(mode="json"))
+    ui.result(table(PORT_HEADERS, port_rows(ports)), ports)
     return EXIT_OK
 
 
 def cmd_watch(client: Client, args: argparse.Namespace, ui: Ui) -> int:
-    from agents.ctl.output import event_json, event_line, to_json
+    from agents.ctl.output import event_line, to_json
 
-    if args.duration is not None and args.duration <= 0:
-        raise InvalidInput(field="--duration", value=args.duration, problem="must be more than 0")
-    # the note goes to stderr in both modes: it tells a script the watch is bound
-    events = client.watch(
-        args.host,
-        args.instance,
-        duration=args.duration,
-        on_ready=lambda: ui.note("watching events (Ctrl-C to stop)"),
+    instance = args.instance
+    if instance is not None and not _is_uuid(instance):
+        instance = client.show(instance)["uuid"]  # the stream filters by uuid only
+    # the note goes to stderr in both modes: it tells a script the watch is open
+    events = client.events(
+        host=args.host,
+        instance=instance,
+        timeout=args.duration,
+        on_open=lambda: ui.note("watching events (Ctrl-C to stop)"),
     )
     for ev in events:
-        print(to_json(event_json(ev)) if ui.json else event_line(ev), file=ui.out, flush=True)
+        print(to_json(ev) if ui.json else event_line(ev), file=ui.out, flush=True)
     return EXIT_OK
 
 
 def cmd_agents(client: Client, args: argparse.Namespace, ui: Ui) -> int:
+    if args.window is not None:
+        ui.warn("--window is ignored: the controller keeps the table of agents heard")
+    hosts = client.hosts()
     from agents.ctl.output import AGENT_HEADERS, agent_rows, table
 
-    if args.window is not None and not 0 < args.window <= 30:
-        raise InvalidInput(
-            field="--window", value=args.window, problem="must be between 0 and 30 seconds"
-        )
-    agents = client.agents(window=args.window)
-    ui.result(table(AGENT_HEADERS, agent_rows(agents)), [a.model_dump(mode="json") for a in agents])
+    ui.result(table(AGENT_HEADERS, agent_rows(hosts)), hosts)
     return EXIT_OK
 
 
@@ -289,36 +271,84 @@ def _dispatch(args: argparse.Namespace) -> Callable[[Client, argparse.Namespace,
     }[args.command]
 
 
+def _is_uuid(ref: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(ref)
+    except ValueError:
+        return False
+    return True
+
+
+def _precheck(args: argparse.Namespace) -> None:
+    """Refuse what agentctl itself owns (waiting, tails) before any request is made.
+
+    Everything about the instances (names, counts, flavors) is the controller's to check.
+    """
+    for field in ("timeout", "duration"):
+        value = getattr(args, field, None)
+        if value is not None and not value > 0:
+            raise InvalidInput(field=f"--{field}", value=value, problem="must be more than 0")
+    if getattr(args, "tail", None) is not None and args.tail < 0:
+        raise InvalidInput(field="--tail", value=args.tail, problem="must be 0 or more")
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main(
-    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+    argv: Sequence[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out, err = out or sys.stdout, err or sys.stderr
-    ui = Ui(args.json, out, err)
-    if args.command == "completion" and args.shell == "bash":
-        out.write(completion.bash(parser))
-        return EXIT_OK
-    if not args.debug:
-        # oslo.messaging imports eventlet, which warns on import; an operator cannot act on it.
-        warnings.simplefilter("ignore")
+    env = os.environ if environ is None else environ
+    ui = Ui(args.json, args.debug, out, err)
+    if args.command == "completion":
+        if args.shell == "bash":
+            out.write(completion.bash(parser))
+            return EXIT_OK
+        return _complete(args, env, out)
     try:
-        return _run(args, ui)
-    except AgentsError as error:
+        return _run(args, ui, env)
+    except CtlError as error:
         code = exit_code(error)
         if args.debug:
             import traceback
 
             traceback.print_exc(file=err)
-        print(f"agentctl: error: {error}", file=err, flush=True)
+        message = str(error)
+        valid = getattr(error, "valid", None)
+        if valid:
+            message += f"; valid: {', '.join(valid)}"
+        print(f"agentctl: error: {message}", file=err, flush=True)
         if args.json:
-            ui.result("", {"error": str(error), "type": type(error).__name__, "exit_code": code})
+            data: dict[str, Any] = {
+                "error": str(error),
+                "code": error.code,
+                "type": type(error).__name__,
+                "exit_code": code,
+            }
+            if isinstance(error, ApiError):
+                data.update(
+                    (k, v)
+                    for k, v in (("field", error.field), ("value", error.value), ("valid", valid))
+                    if v is not None
+                )
+            ui.result("", data)
         return code
     except KeyboardInterrupt:
         return EXIT_OK if args.command == "watch" else 130
+    except BrokenPipeError:
+        # `agentctl watch | head`: the reader left; say nothing more, and keep Python's
+        # flush at exit from failing on the closed pipe too.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as error:  # the last boundary: say what broke, traceback only on --debug
         if args.debug:
             raise
@@ -329,59 +359,40 @@ def main(
         return EXIT_FAILED
 
 
-def _run(args: argparse.Namespace, ui: Ui) -> int:
-    import structlog
+def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> CtlSettings:
+    from agents.ctl.settings import config_files, load_settings
 
-    from agents.ctl.settings import CtlConfig, config_files
-    from common import logging as agents_logging
-    from common.config import load
+    return load_settings(config_files(args.config_file, env), env)
 
-    files = config_files(args.config_file)
-    if not files:
-        ui.warn(
-            "no config file read (give --config-file or $AGENTS_CONFIG, or install"
-            " /etc/agents/shared.conf): no flavors or networks are known"
+
+def _run(args: argparse.Namespace, ui: Ui, env: Mapping[str, str]) -> int:
+    from agents.ctl.client import Client
+
+    _precheck(args)
+    settings = _settings(args, env)
+    ui.debug(f"controller {settings.url}; config files: {args.config_file or '(defaults)'}")
+    client = Client.from_settings(settings, trace=ui.debug if args.debug else None)
+    return _dispatch(args)(client, args, ui)
+
+
+def _complete(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    """Words offered after --host, --flavor, --network; on any error none (and silence)."""
+    from agents.ctl.client import Client
+
+    try:
+        settings = _settings(args, env)
+        client = Client(
+            settings.url,
+            connect_timeout=min(COMPLETION_CONNECT_S, settings.connect_timeout),
+            call_timeout=min(COMPLETION_CALL_S, settings.call_timeout),
         )
-    config = load(CtlConfig, files)
-    _precheck(args, config)
-    if args.command == "completion":
-        ui.out.write("".join(f"{word}\n" for word in _completion_words(args.shell, config)))
-        return EXIT_OK
-    agents_logging.setup("DEBUG" if args.debug else "WARNING", "console")
-    # stdout carries results (and JSON for scripts); logs go to stderr.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    from agents.ctl.client import Client  # imports oslo.messaging: about a second of CPU
-
-    with Client.from_config(config, on_warning=ui.warn) as client:
-        return _dispatch(args)(client, args, ui)
-
-
-def _precheck(args: argparse.Namespace, config: CtlConfig) -> None:
-    """Refuse bad input before loading the messaging stack, so a typo is answered at once.
-
-    The client checks the same again (it is an API of its own); this only makes it fast.
-    """
-    from agents.ctl import plan
-
-    if getattr(args, "host", None):
-        plan.check_host(args.host)
-    if args.command == "send" and args.operation == "build":
-        plan.pick_flavor(config, args.flavor)
-        plan.pick_networks(config, args.network)
-        plan.instance_names(args.name, args.count, random.Random())
-        plan.check_name("--image", args.image or config.agentctl.default_image)
-    if getattr(args, "timeout", None) is not None and args.timeout <= 0:
-        raise InvalidInput(field="--timeout", value=args.timeout, problem="must be more than 0")
-
-
-def _completion_words(kind: str, config: CtlConfig) -> list[str]:
-    """Words the completion script offers; read locally, never from the broker."""
-    from agents.ctl.seen import SeenStore
-    from agents.ctl.settings import state_dir
-
-    if kind == "flavors":
-        return sorted(config.flavors)
-    if kind == "networks":
-        return list(config.networks)
-    seen = SeenStore(state_dir(config.agentctl), config.messaging.control_exchange).load()
-    return sorted({hb.host for hb in seen.values()})
+        if args.shell == "hosts":
+            words = sorted({h["host"] for h in client.hosts()})
+        elif args.shell == "flavors":
+            words = [f["name"] for f in client.flavors()]
+        else:
+            words = [n["name"] for n in client.networks()]
+    except Exception as error:  # a Tab press must never print a traceback into the shell
+        return exit_code(error) if isinstance(error, CtlError) else EXIT_FAILED
+    out.write("".join(f"{word}\n" for word in words))
+    return EXIT_OK

@@ -1,8 +1,8 @@
 """Shell completion generated from the argparse parser, so it never drifts from the CLI.
 
-Pure: walks the parser and renders a bash script; knows nothing of the broker. Values
+Pure: walks the parser and renders a bash script; knows nothing of the controller. Values
 after --host, --flavor and --network come from `agentctl completion hosts|flavors|networks`
-at completion time (the config and the local record of agents seen).
+at completion time (asked of the controller's API with a short timeout).
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def _options(parser: argparse.ArgumentParser) -> list[str]:
-    return sorted(opt for a in parser._actions for opt in a.option_strings if opt.startswith("--"))
+    # an option whose help is suppressed is kept for old scripts only: not offered
+    return sorted(
+        opt
+        for a in parser._actions
+        if a.help != argparse.SUPPRESS
+        for opt in a.option_strings
+        if opt.startswith("--")
+    )
 
 
 def _choices(parser: argparse.ArgumentParser) -> list[str]:

@@ -1,64 +1,88 @@
-"""Following an operation through its notifications: which instance is where, done or not.
+"""Following an operation through the controller's EVENTs: which instance is where, done or not.
 
-Pure state: `feed()` takes one notification (event type + validated payload) and returns
-the human-sized updates it caused; `finished`, `succeeded` and `failed` answer the
-caller's loop. It never reads the broker or prints; the client feeds it, the CLI shows
-the updates.
+Pure state: `Tracker.feed()` takes one EVENT (a dict of docs/api.md's event stream) and
+returns the human-sized updates it caused; `finished`, `succeeded`, `failed` and
+`pending` answer the caller's loop. An instance is over only on an event with
+`"final": true` (operation.done / operation.error): an `instance.*.error` before it may
+still be followed by a retry. It never reads the network or prints; the client feeds it
+and the CLI shows the updates.
 """
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from common.messages import UUID, InstanceEvent, VifEvent
+Event = dict[str, Any]
 
-Operation = Literal["create", "delete", "reboot"]
-
-# What the operation's `.end` event means for the instance.
-_END_STATE: dict[str, str] = {"create": "running", "delete": "deleted", "reboot": "running"}
+# The state an operation leaves its instance in when the final event does not say.
+END_STATE: dict[str, str] = {"create": "running", "delete": "deleted", "reboot": "running"}
 
 
 @dataclass(frozen=True)
 class Update:
-    """One line of progress: what happened to which instance (or port)."""
+    """One line of progress: what happened to which instance (or one of its ports)."""
 
-    instance_uuid: UUID | None
+    instance_uuid: str | None
     name: str
-    what: str  # snake_case fact: build_started, port_wired, guest_defined, running, failed ...
+    what: str  # snake_case fact: create_started, port_wired, guest_started, running, failed ...
     detail: str = ""
-    port_id: UUID | None = None
+    port_id: str | None = None
     final: bool = False
     ok: bool = True
 
 
 @dataclass
 class InstanceProgress:
-    uuid: UUID
+    uuid: str
     name: str
-    port_ids: set[UUID] = field(default_factory=set)
-    wired: set[UUID] = field(default_factory=set)
-    port_failures: dict[UUID, str] = field(default_factory=dict)
-    steps: list[str] = field(default_factory=list)
+    port_ids: set[str] = field(default_factory=set)
+    wired: set[str] = field(default_factory=set)
+    noted: set[tuple[str, str]] = field(default_factory=set)  # (event, reason) shown once
     state: Literal["pending", "done", "failed"] = "pending"
+    end_state: str | None = None  # what the final event says (running, deleted, error ...)
     reason: str | None = None
     elapsed_ms: float | None = None
 
 
-class Tracker:
-    """Progress of one operation over a set of instances."""
+def parse_at(value: object) -> datetime | None:
+    """An EVENT's `at` (RFC 3339); None when unreadable, which only loses a duration."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
-    def __init__(
-        self, operation: Operation, instances: Iterable[tuple[UUID, str, Iterable[UUID]]]
-    ) -> None:
+
+def port_where(ev: Event) -> str:
+    """`tap.. in brq..` for a port event, else its port id.
+
+    The contract's EVENT has no device/bridge fields: they are read when present, else
+    from `step`, where the controller puts "tap.. in brq.." for port events.
+    """
+    where = " in ".join(str(ev[k]) for k in ("device", "bridge") if ev.get(k))
+    if where:
+        return where
+    if ev.get("step"):
+        return str(ev["step"])
+    return f"port {str(ev['port_id'])[:8]}" if ev.get("port_id") else ""
+
+
+class Tracker:
+    """Progress of one operation (one request) over a set of instances."""
+
+    def __init__(self, operation: str, instances: Iterable[tuple[str, str, Iterable[str]]]) -> None:
         self.operation = operation
-        self.instances: dict[UUID, InstanceProgress] = {
+        self.instances: dict[str, InstanceProgress] = {
             uuid: InstanceProgress(uuid=uuid, name=name, port_ids=set(ports))
             for uuid, name, ports in instances
         }
         self._port_owner = {p: i.uuid for i in self.instances.values() for p in i.port_ids}
+        # The first event of the request (api.received): durations count from there.
+        self.started_at: datetime | None = None
 
     @property
     def finished(self) -> bool:
@@ -76,136 +100,61 @@ class Tracker:
     def pending(self) -> list[InstanceProgress]:
         return [i for i in self.instances.values() if i.state == "pending"]
 
-    def fail(self, uuid: UUID, reason: str) -> Update:
-        """Mark an instance failed for a reason found outside its events (an address clash)."""
-        inst = self.instances[uuid]
-        inst.state = "failed"
-        inst.reason = reason
-        return Update(inst.uuid, inst.name, "failed", reason, final=True, ok=False)
+    def feed(self, ev: Event) -> list[Update]:
+        at = parse_at(ev.get("at"))
+        if self.started_at is None and at is not None:
+            self.started_at = at
+        inst = self.instances.get(str(ev.get("instance_uuid")))
+        if inst is None and ev.get("port_id") is not None:
+            owner = self._port_owner.get(str(ev["port_id"]))
+            inst = self.instances.get(owner) if owner else None
+        if inst is None or inst.state != "pending":
+            return []  # another instance's, a request-wide one, or late after the end
+        if ev.get("final") is True:
+            return [self._final(inst, ev, at)]
+        return self._step(inst, ev)
 
-    def feed(self, event_type: str, payload: object) -> list[Update]:
-        if isinstance(payload, InstanceEvent):
-            return self._instance_event(event_type, payload)
-        if isinstance(payload, VifEvent) and self.operation == "create":
-            return self._vif_event(event_type, payload)
-        return []
-
-    def _instance_event(self, event_type: str, ev: InstanceEvent) -> list[Update]:
-        inst = self.instances.get(ev.instance_uuid)
-        prefix = f"instance.{self.operation}."
-        if inst is None or not event_type.startswith(prefix) or inst.state != "pending":
-            return []
-        phase = event_type[len(prefix) :]
-        if phase == "start":
-            return [Update(inst.uuid, inst.name, f"{self.operation}_started")]
-        if phase == "progress":
-            step = ev.step or "progress"
-            inst.steps.append(step)
-            return [Update(inst.uuid, inst.name, step)]
-        if phase == "end":
-            inst.state = "done"
-            inst.elapsed_ms = ev.elapsed_ms
-            end_state = ev.state or _END_STATE[self.operation]
-            detail = f"{ev.elapsed_ms:.0f} ms" if ev.elapsed_ms is not None else ""
-            return [Update(inst.uuid, inst.name, end_state, detail, final=True)]
-        if phase == "error":
+    def _final(self, inst: InstanceProgress, ev: Event, at: datetime | None) -> Update:
+        if at is not None and self.started_at is not None:
+            inst.elapsed_ms = (at - self.started_at).total_seconds() * 1000
+        state = ev.get("state")
+        if ev.get("event") == "operation.error" or state == "error":
             inst.state = "failed"
-            inst.reason = ev.reason or "the agent reported an error without a reason"
-            return [Update(inst.uuid, inst.name, "failed", inst.reason, final=True, ok=False)]
-        return []
+            inst.end_state = "error"
+            inst.reason = ev.get("reason") or "the controller reported an error without a reason"
+            return Update(inst.uuid, inst.name, "failed", inst.reason, final=True, ok=False)
+        inst.state = "done"
+        op = str(ev.get("operation") or self.operation)
+        inst.end_state = str(state or END_STATE.get(op, "done"))
+        detail = f"{inst.elapsed_ms:.0f} ms" if inst.elapsed_ms is not None else ""
+        return Update(inst.uuid, inst.name, inst.end_state, detail, final=True)
 
-    def _vif_event(self, event_type: str, ev: VifEvent) -> list[Update]:
-        owner = self._port_owner.get(ev.port_id)
-        if owner is None:
-            return []
-        inst = self.instances[owner]
-        if event_type == "port.vif_plugged" and ev.port_id not in inst.wired:
-            inst.wired.add(ev.port_id)
-            where = " in ".join(x for x in (ev.device, ev.bridge) if x)
-            return [Update(inst.uuid, inst.name, "port_wired", where, port_id=ev.port_id)]
-        if event_type == "port.plug_failed":
-            reason = ev.reason or "no reason given"
-            inst.port_failures[ev.port_id] = reason
-            return [
-                Update(inst.uuid, inst.name, "port_failed", reason, port_id=ev.port_id, ok=False)
-            ]
-        return []
-
-
-class PortTracker:
-    """Waits for the vif_unplugged of a set of ports (after a delete)."""
-
-    def __init__(self, port_ids: Iterable[UUID], name: str = "") -> None:
-        self.remaining = set(port_ids)
-        self.name = name
-
-    @property
-    def finished(self) -> bool:
-        return not self.remaining
-
-    def feed(self, event_type: str, payload: object) -> list[Update]:
-        if not isinstance(payload, VifEvent) or payload.port_id not in self.remaining:
-            return []
-        if event_type == "port.vif_unplugged":
-            self.remaining.discard(payload.port_id)
-            return [
-                Update(
-                    payload.instance_uuid,
-                    self.name,
-                    "port_unwired",
-                    payload.device or "",
-                    payload.port_id,
-                )
-            ]
-        if event_type == "port.plug_failed":
-            self.remaining.discard(payload.port_id)
-            reason = payload.reason or "no reason given"
-            return [
-                Update(
-                    payload.instance_uuid,
-                    self.name,
-                    "port_failed",
-                    reason,
-                    payload.port_id,
-                    ok=False,
-                )
-            ]
-        return []
-
-
-class EventFilter:
-    """`watch --host/--instance`: which events to show.
-
-    An instance given by name is matched by name where an event carries one (create
-    events do) and by the uuids learned from those afterwards, since delete, reboot and
-    port events carry only the uuid; a port is matched by its instance uuid, or by its
-    port id once learned (a vif_unplugged may not name the instance).
-    """
-
-    def __init__(self, host: str | None = None, instance: str | None = None) -> None:
-        self.host = host
-        self.name: str | None = None
-        self.uuids: set[UUID] = set()
-        self.ports: set[UUID] = set()
-        if instance is not None:
-            try:
-                self.uuids.add(uuidlib.UUID(instance))
-            except ValueError:
-                self.name = instance
-
-    def matches(self, payload: object) -> bool:
-        if self.host is not None and getattr(payload, "host", None) != self.host:
-            return False
-        if self.name is None and not self.uuids:
-            return True
-        uuid = getattr(payload, "instance_uuid", None)
-        port = getattr(payload, "port_id", None)
-        if self.name is not None and getattr(payload, "name", None) == self.name:
-            if isinstance(uuid, uuidlib.UUID):
-                self.uuids.add(uuid)
-            return True
-        if uuid in self.uuids:
-            if isinstance(port, uuidlib.UUID):
-                self.ports.add(port)
-            return True
-        return port in self.ports
+    def _step(self, inst: InstanceProgress, ev: Event) -> list[Update]:
+        name = str(ev.get("event", ""))
+        reason = str(ev.get("reason") or "no reason given")
+        port = str(ev["port_id"]) if ev.get("port_id") is not None else None
+        kind, _, phase = name.rpartition(".")
+        if kind.startswith("instance."):
+            op = kind.removeprefix("instance.")
+            if phase == "start":
+                return [Update(inst.uuid, inst.name, f"{op}_started")]
+            if phase == "progress":
+                return [Update(inst.uuid, inst.name, str(ev.get("step") or "progress"))]
+            if phase == "error":  # not the end: the controller may retry; the final event says
+                return [Update(inst.uuid, inst.name, f"{op}_error", reason, ok=False)]
+            return []  # .end: the final operation.done follows and is the line shown
+        if name == "port.vif_plugged" and port is not None and port not in inst.wired:
+            inst.wired.add(port)
+            return [Update(inst.uuid, inst.name, "port_wired", port_where(ev), port_id=port)]
+        if name == "port.plug_failed":
+            return [Update(inst.uuid, inst.name, "port_failed", reason, port_id=port, ok=False)]
+        if name == "port.vif_unplugged":
+            return [Update(inst.uuid, inst.name, "port_unwired", port_where(ev), port_id=port)]
+        if name == "operation.retried":
+            return [Update(inst.uuid, inst.name, "retried", reason)]
+        if ev.get("reason") and (name, reason) not in inst.noted:
+            # An event the contract does not name (casts.failed ...) that carries a reason:
+            # it tells why nothing moves. Once per reason, as the controller retries often.
+            inst.noted.add((name, reason))
+            return [Update(inst.uuid, inst.name, name.replace(".", "_"), reason, port, ok=False)]
+        return []  # api.received, casts.sent, port.received: the plan table said it already

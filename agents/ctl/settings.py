@@ -1,46 +1,50 @@
-"""agentctl's settings: the shared sections (networks, flavors, messaging) plus [agentctl].
+"""agentctl's settings: where the controller is and how long to wait for it.
 
-Also decides which files are read when none is given on the command line. Pure apart
-from checking which default files exist; nothing here touches the broker.
+Owns choosing the config files (--config-file, else $AGENTS_CONFIG, else the /etc
+defaults that exist), reading their `[agentctl]` section and applying `$AGENTS_URL`.
+Every other section of those files (shared.conf is read by the daemons too) is ignored.
+
+Stdlib only (configparser, a frozen dataclass): this runs on every invocation, and
+pydantic plus `common.config` cost more than the rest of a command. Nothing here does
+network I/O; an error names the file, section, key and value.
 """
 
 from __future__ import annotations
 
+import configparser
+import math
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Annotated
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from pydantic import Field
-
-from common.config import BaseConfig, Section
-from common.messages import Name
-
-DEFAULT_FILES = (Path("/etc/agents/shared.conf"), Path("/etc/agents/agentctl.conf"))
+# plain strings, not pathlib: importing pathlib costs more than reading the files
+DEFAULT_FILES = ("/etc/agents/shared.conf", "/etc/agents/agentctl.conf")
 CONFIG_ENV = "AGENTS_CONFIG"
+URL_ENV = "AGENTS_URL"
+SECTION = "agentctl"
+DEFAULT_URL = "http://127.0.0.1:8780"
 
-Seconds = Annotated[float, Field(gt=0, le=3600)]
+# key -> (lowest exclusive, highest inclusive) seconds
+_SECONDS = {
+    "connect_timeout": (0.0, 60.0),
+    "call_timeout": (0.0, 3600.0),
+    "wait_timeout": (0.0, 86400.0),
+}
+_KNOWN = ("url", *_SECONDS)
 
 
-class CtlSettings(Section):
-    default_flavor: Name = "m1.tiny"
-    default_image: Name = "tiny"
-    # How long `agents`, `list` and IP allocation listen for heartbeats after asking
-    # every agent to report (a fanout cast); agents answer in a few ms on a LAN.
-    discovery_window: Annotated[float, Field(gt=0, le=30)] = 1.0
-    # Bound of a single RPC call (list, show, console-log, ports).
-    call_timeout: Seconds = 10.0
+@dataclass(frozen=True)
+class CtlSettings:
+    # Base URL of agents-controller's REST API (http or https, optionally with a path
+    # prefix when a proxy serves it under one); no trailing slash.
+    url: str = DEFAULT_URL
+    # Seconds to wait for a TCP connection: a controller that is down is reported within it.
+    connect_timeout: float = 1.0
+    # Seconds one API call may take once connected (exit 4 past it).
+    call_timeout: float = 10.0
     # Default --timeout of `send ... --wait`.
-    wait_timeout: Seconds = 300.0
-    # Seconds to wait for the broker before saying it is unreachable.
-    broker_timeout: Annotated[float, Field(gt=0, le=60)] = 3.0
-    # Where the record of agents seen before is kept ("" = $XDG_STATE_HOME/agentctl,
-    # or ~/.local/state/agentctl).
-    state_dir: Path | None = None
-
-
-class CtlConfig(BaseConfig):
-    agentctl: CtlSettings = CtlSettings()
+    wait_timeout: float = 300.0
 
 
 def config_files(
@@ -53,12 +57,84 @@ def config_files(
     listed = env.get(CONFIG_ENV, "")
     if listed:
         return [f for f in listed.split(":") if f]
-    return [str(p) for p in DEFAULT_FILES if p.exists()]
+    return [p for p in DEFAULT_FILES if os.path.exists(p)]
 
 
-def state_dir(settings: CtlSettings, environ: Mapping[str, str] | None = None) -> Path:
+def load_settings(files: Sequence[str], environ: Mapping[str, str] | None = None) -> CtlSettings:
+    """Read `[agentctl]` of `files` (later files win key by key), then $AGENTS_URL."""
+    from agents.ctl.errors import ConfigError
+
     env = os.environ if environ is None else environ
-    if settings.state_dir is not None and str(settings.state_dir):
-        return settings.state_dir
-    base = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "/root")) / ".local" / "state")
-    return Path(base) / "agentctl"
+    values: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for file in files:
+        for key, value in _read_section(file).items():
+            if value == "":
+                continue  # an empty value means "the default", as in the daemons' files
+            if key not in _KNOWN:
+                raise ConfigError(
+                    file=file,
+                    section=SECTION,
+                    key=key,
+                    value=value,
+                    problem=f"unknown key (known: {', '.join(_KNOWN)})",
+                )
+            values[key] = value
+            origin[key] = file
+    if env.get(URL_ENV):
+        values["url"] = env[URL_ENV]
+        origin["url"] = f"${URL_ENV}"
+    fields: dict[str, object] = {}
+    for key, raw in values.items():
+        try:
+            fields[key] = _check_url(raw) if key == "url" else _check_seconds(key, raw)
+        except ValueError as err:
+            raise ConfigError(
+                file=origin[key], section=SECTION, key=key, value=raw, problem=str(err)
+            ) from None
+    return CtlSettings(**fields)  # type: ignore[arg-type]  # keys and types checked above
+
+
+def _read_section(file: str) -> dict[str, str]:
+    from agents.ctl.errors import ConfigFileError
+
+    # "[DEFAULT]" is an ordinary section for the daemons (common.config): it must not
+    # leak its keys into [agentctl] as configparser's defaults would.
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    try:
+        with open(file, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as err:
+        raise ConfigFileError(file=file, problem=err.strerror or str(err)) from None
+    except (configparser.Error, UnicodeDecodeError) as err:
+        raise ConfigFileError(file=file, problem=str(err).splitlines()[0]) from None
+    if not parser.has_section(SECTION):
+        return {}
+    return dict(parser.items(SECTION, raw=True))
+
+
+def _check_url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://, like http://127.0.0.1:8780")
+    if not parts.hostname:
+        raise ValueError("names no host")
+    try:
+        parts.port  # noqa: B018  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError("has a port that is not a number between 0 and 65535") from None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError("must not carry a user, query or fragment")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _check_seconds(key: str, raw: str) -> float:
+    low, high = _SECONDS[key]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("must be a number of seconds") from None
+    if not math.isfinite(value) or not low < value <= high:
+        raise ValueError(f"must be more than {low:g} and at most {high:g} seconds")
+    return value

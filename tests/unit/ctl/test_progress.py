@@ -1,91 +1,82 @@
-"""Following an operation through its events: order, failures, other instances ignored."""
+"""Following an operation through its EVENTs: order, retries, failures, other instances ignored."""
 
 from __future__ import annotations
 
-import uuid
-
-from agents.ctl.progress import EventFilter, PortTracker, Tracker
-from common.messages import AgentHeartbeat, InstanceEvent, VifEvent, utcnow
-
-I1, I2, OTHER = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-P1, P2 = uuid.uuid4(), uuid.uuid4()
+from agents.ctl.progress import Tracker
+from tests.unit.ctl.fakeapi import build_events, event, instance
 
 
-def iev(instance: uuid.UUID, **kw: object) -> InstanceEvent:
-    return InstanceEvent(host="node1", instance_uuid=instance, **kw)
-
-
-def test_build_of_two_instances_one_fails() -> None:
-    t = Tracker("create", [(I1, "a", [P1]), (I2, "b", [P2])])
-    assert [u.what for u in t.feed("instance.create.start", iev(I1))] == ["create_started"]
-    wired = t.feed(
-        "port.vif_plugged", VifEvent(host="node1", port_id=P1, device="tapX", bridge="brqY")
+def test_a_build_of_two_where_one_fails_after_a_retry() -> None:
+    a, b = instance("a"), instance("b")
+    t = Tracker("create", [(a["uuid"], "a", [a["ports"][0]["id"]]), (b["uuid"], "b", [])])
+    lines = [(u.name, u.what, u.detail) for ev in build_events(a) for u in t.feed(ev)]
+    assert lines == [
+        ("a", "port_wired", "tap123 in brq456"),
+        ("a", "create_started", ""),
+        ("a", "guest_started", ""),
+        ("a", "running", "12 ms"),
+    ]
+    assert not t.finished and [i.name for i in t.succeeded] == ["a"]
+    (err,) = t.feed(event(20, "instance.create.error", b, 20, reason="vif timeout"))
+    assert (err.what, err.detail, err.ok, err.final) == (
+        "create_error",
+        "vif timeout",
+        False,
+        False,
     )
-    assert wired[0].what == "port_wired" and wired[0].detail == "tapX in brqY"
-    assert (
-        t.feed("instance.create.progress", iev(I1, step="guest_defined"))[0].what == "guest_defined"
+    assert not t.finished  # not the end: the controller may retry
+    (retry,) = t.feed(event(21, "operation.retried", b, 21, reason="vif timeout"))
+    assert retry.what == "retried"
+    (final,) = t.feed(
+        event(22, "operation.error", b, 30, state="error", reason="gave up", final=True)
     )
-    end = t.feed("instance.create.end", iev(I1, state="running", elapsed_ms=12.4))
-    assert end[0].final and end[0].ok and end[0].detail == "12 ms"
-    assert not t.finished
-    err = t.feed("instance.create.error", iev(I2, reason="vif plugging timed out"))
-    assert err[0].what == "failed" and not err[0].ok
+    assert (final.what, final.detail, final.final, final.ok) == ("failed", "gave up", True, False)
     assert t.finished
-    assert [i.name for i in t.succeeded] == ["a"]
-    assert [(i.name, i.reason) for i in t.failed] == [("b", "vif plugging timed out")]
+    assert [(i.name, i.reason, i.end_state) for i in t.failed] == [("b", "gave up", "error")]
+    assert t.instances[a["uuid"]].elapsed_ms == 12.4
 
 
-def test_events_of_other_instances_and_kinds_are_ignored() -> None:
-    t = Tracker("create", [(I1, "a", [P1])])
-    assert t.feed("instance.create.end", iev(OTHER)) == []
-    assert t.feed("instance.delete.end", iev(I1)) == []  # another operation
-    assert t.feed("port.vif_plugged", VifEvent(host="node1", port_id=P2)) == []
-    hb = AgentHeartbeat(host="n", kind="l2", version="1", started_at=utcnow(), uptime_s=1)
-    assert t.feed("agent.heartbeat", hb) == []
-    assert t.feed("instance.create.end", {"raw": "unreadable"}) == []
-    assert not t.finished
-
-
-def test_a_late_event_after_the_end_changes_nothing() -> None:
-    t = Tracker("delete", [(I1, "a", [])])
-    t.feed("instance.delete.end", iev(I1))
-    assert t.feed("instance.delete.error", iev(I1, reason="late")) == []
+def test_events_of_other_instances_and_late_ones_are_ignored() -> None:
+    a, other = instance("a"), instance("other")
+    t = Tracker("delete", [(a["uuid"], "a", [])])
+    assert t.feed(event(1, "instance.delete.start", other, 1)) == []
+    assert t.feed(event(2, "api.received", None, 0)) == []  # request-wide: no instance
+    assert t.feed(event(3, "instance.delete.end", a, 5)) == []  # the final event says it
+    (done,) = t.feed(event(4, "operation.done", a, 6, operation="delete", final=True))
+    assert done.what == "deleted"  # no state given: what a delete leaves
+    assert t.feed(event(5, "operation.error", a, 7, final=True)) == []
     assert t.succeeded and not t.failed
 
 
-def test_plug_failed_is_reported_but_the_compute_agent_decides() -> None:
-    t = Tracker("create", [(I1, "a", [P1])])
-    upd = t.feed("port.plug_failed", VifEvent(host="node1", port_id=P1, reason="EEXIST"))
-    assert upd[0].what == "port_failed" and not upd[0].ok
-    assert not t.finished
+def test_port_events_find_their_instance_by_port_id() -> None:
+    a = instance("a")
+    pid = a["ports"][0]["id"]
+    t = Tracker("create", [(a["uuid"], "a", [pid])])
+    plugged = event(1, "port.vif_plugged", None, 1, port_id=pid, device="tapX", bridge="brqY")
+    assert [u.detail for u in t.feed(plugged)] == ["tapX in brqY"]
+    assert t.feed(plugged) == []  # the same port wired twice is one line
+    (failed,) = t.feed(event(2, "port.plug_failed", None, 2, port_id=pid, reason="EEXIST"))
+    assert (failed.what, failed.detail, failed.ok, failed.port_id) == (
+        "port_failed",
+        "EEXIST",
+        False,
+        pid,
+    )
+    assert not t.finished  # the compute-agent decides
 
 
-def test_port_tracker_waits_for_each_unplug() -> None:
-    t = PortTracker([P1, P2], name="web")
-    (upd,) = t.feed("port.vif_unplugged", VifEvent(host="node1", port_id=P1, device="tapA"))
-    assert (upd.name, upd.what, upd.detail, upd.port_id) == ("web", "port_unwired", "tapA", P1)
-    assert not t.finished
-    t.feed("port.vif_plugged", VifEvent(host="node1", port_id=P2))
-    assert not t.finished
-    t.feed("port.vif_unplugged", VifEvent(host="node1", port_id=P2))
-    assert t.finished
+def test_an_unreadable_time_loses_only_the_duration() -> None:
+    a = instance("a")
+    t = Tracker("reboot", [(a["uuid"], "a", [])])
+    (done,) = t.feed(event(1, "operation.done", a, 1, at="yesterday", state="running", final=True))
+    assert (done.what, done.detail) == ("running", "")
 
 
-def test_event_filter_by_name_learns_the_uuid_for_events_without_a_name() -> None:
-    keep = EventFilter(instance="web")
-    assert not keep.matches(iev(I1))  # no name, uuid not learned yet
-    assert keep.matches(iev(I1, name="web"))
-    assert keep.matches(iev(I1))  # delete/reboot events carry only the uuid
-    assert keep.matches(VifEvent(host="node1", port_id=P1, instance_uuid=I1))
-    assert keep.matches(VifEvent(host="node1", port_id=P1))  # unplugged: port id learned
-    assert not keep.matches(iev(I2, name="other"))
-    assert not keep.matches(VifEvent(host="node1", port_id=P2))
-
-
-def test_event_filter_by_uuid_and_host() -> None:
-    keep = EventFilter(host="node1", instance=str(I2))
-    assert keep.matches(iev(I2))
-    assert not keep.matches(iev(I1, name="web"))
-    assert not keep.matches(InstanceEvent(host="node2", instance_uuid=I2))
-    assert EventFilter().matches({"raw": 1})  # no filter: everything, even unreadable
-    assert not EventFilter(host="node1").matches({"raw": 1})
+def test_an_unnamed_event_with_a_reason_is_shown_once_per_reason() -> None:
+    a = instance("a")
+    t = Tracker("create", [(a["uuid"], "a", [])])
+    failed = event(1, "casts.failed", a, 1, reason="no l2-agent serves host 'node1'")
+    (u,) = t.feed(failed)
+    assert (u.what, u.detail, u.ok) == ("casts_failed", "no l2-agent serves host 'node1'", False)
+    assert t.feed({**failed, "id": 2}) == []  # the controller retries: said once
+    assert t.feed(event(3, "casts.sent", a, 2)) == []
