@@ -9,7 +9,10 @@ It owns:
   wait, define, start; timing each step; and on any failure cleaning up and leaving an
   error record (a defined, never-started domain whose record holds the fault), so
   get_instance says why even after a restart;
-- `drain()`: on SIGTERM, builds get the grace to finish, then the rest fail visibly.
+- `drain()`: on SIGTERM, builds get the grace to finish; the rest are handed back
+  (cleaned up and reported `instance.create.handed_back`), never failed: the
+  controller still holds the request and sends it again, to this agent after its
+  restart.
 
 The order of a build (start -> ports_plugged -> guest_defined -> guest_started -> end)
 follows docs/design.md: the guest is defined and started only once its taps exist.
@@ -56,6 +59,7 @@ MAX_TOMBSTONES = 10_000
 DELETED = "deleted while building"
 STOPPED_BEFORE_BEGIN = "agent stopped before the build began"
 STOPPED_DURING = "agent stopped before the build completed"
+HANDED_BACK = (STOPPED_BEFORE_BEGIN, STOPPED_DURING)
 
 
 @dataclass
@@ -275,9 +279,10 @@ class BuildPipeline:
         try:
             if task.cancelled or self._stopping.is_set():
                 reason = task.cancelled or STOPPED_BEFORE_BEGIN
-                keep = reason != DELETED
-                xml = self._render(task)[0] if keep else None
-                raise _Failed(BuildAborted(instance=str(uuid), reason=reason), keep_record=keep)
+                if reason in HANDED_BACK:
+                    self._hand_back(task, reason)
+                    return
+                raise _Failed(BuildAborted(instance=str(uuid), reason=reason), keep_record=False)
             t = self.clock()
             xml, record = self._render(task)
             self._observe("prepare", t)
@@ -303,6 +308,9 @@ class BuildPipeline:
             self._observe("start", t)
             progress("guest_started")
         except _Failed as failed:
+            if isinstance(failed.error, BuildAborted) and failed.error.reason_given in HANDED_BACK:
+                self._hand_back(task, failed.error.reason_given)
+                return
             self._fail(task, failed.error, xml if failed.keep_record else None)
             return
         except (HypervisorError, ImageError, OSError) as err:
@@ -387,6 +395,31 @@ class BuildPipeline:
             since=task.received,
         )
 
+    def _hand_back(self, task: BuildTask, reason: str) -> None:
+        """Undo what this build made and give the request back to the controller.
+
+        Nothing stays behind (no domain, no disk, no error record): the controller's
+        operation is still open and it casts the same build again, which this agent
+        (restarted) takes like any other.
+        """
+        uuid, rid = task.uuid, task.message.request_id
+        try:
+            self.hv.destroy(uuid)
+            self.hv.undefine(uuid)
+            self.images.remove_instance_files(uuid)
+        except Exception as err:
+            log.exception("hand_back_cleanup_failed", error=str(err))
+        log.info("build_handed_back", reason=reason)
+        self.metrics.builds.labels("handed_back").inc()
+        self.reporter.instance(
+            "instance.create.handed_back",
+            uuid,
+            rid,
+            reason=f"{reason}; the controller sends it again",
+            name=task.message.instance.name,
+            since=task.received,
+        )
+
     def _report_duplicate(self, task: BuildTask, domain: Domain) -> None:
         uuid, rid = task.uuid, task.message.request_id
         record = read_record(domain)
@@ -420,10 +453,10 @@ class BuildPipeline:
     # ------------------------------------------------------------------ stop
 
     def drain(self, grace: float) -> None:
-        """Let in-flight builds finish within `grace`, then fail the rest visibly.
+        """Let in-flight builds finish within `grace`, then hand the rest back.
 
-        Queued builds that have not begun fail at once; builds still waiting at the
-        deadline are aborted. Each leaves an error record and an instance.create.error.
+        Queued builds that have not begun are handed back at once; builds still
+        waiting at the deadline are aborted and handed back. Nothing is failed.
         """
         self._stopping.set()
         deadline = self.clock() + grace

@@ -58,6 +58,10 @@ class VifPlugFailed(AgentsError):
 class BuildAborted(AgentsError):
     msg_fmt = "build of {instance} aborted: {reason}"
 
+    @property
+    def reason_given(self) -> str:
+        return str(self.fields.get("reason", ""))
+
 
 class ReplugFailed(AgentsError):
     msg_fmt = "re-plug of port {port} of instance {instance} failed: {problem}"

@@ -91,12 +91,15 @@ class L2Agent:
     def stop(self, grace: float) -> None:
         self._stopping.set()
         if self._server is not None:
-            self._server.stop()  # no new message is taken from here on
+            # No new message is taken from here on; wait() returns once every message
+            # already taken (acknowledged by the broker on arrival) has passed through
+            # the endpoint into the executor. Closing the executor before that would
+            # refuse them, and the broker has already forgotten them.
+            self._server.stop()
+            self._server.wait()
         finished = self._executor.shutdown(grace)
         if not finished:
             log.warning("stop_grace_exceeded", pending=self._executor.pending, grace_s=grace)
-        if self._server is not None:
-            self._server.wait()
         if self._events is not None:
             self._events.stop()
         if self._beat is not None:

@@ -163,6 +163,11 @@ class Records:
                 inst.updated_at = now
             return applied
         op.updated_at = now
+        if phase == "handed_back":
+            # The agent stopped before it could finish and undid its work: cast it again
+            # now; the message waits in the host's queue until the agent is back.
+            applied.casts = self.store.casts_for(s, op)
+            return applied
         if phase in ("start", "progress"):
             if ev.state is not None:
                 inst.state = ev.state

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agents.lab.procs import console_script
 from common import __version__
 from common.errors import RemoteError
 from common.messages import (
@@ -28,7 +29,6 @@ from common.messages import (
     PingReply,
     envelope,
 )
-from tests.hosts import console_script
 
 from .conftest import Controller, Deployment, write_config
 
@@ -51,9 +51,7 @@ def test_build_waits_for_vif_plugged_then_runs(
     assert end.event_type == "instance.create.end", end.payload
     assert controller.events_for(spec.uuid) == [
         "instance.create.start",
-        "instance.create.progress",
-        "instance.create.progress",
-        "instance.create.progress",
+        *["instance.create.progress"] * 4,
         "instance.create.end",
     ]
     steps = [
@@ -132,7 +130,7 @@ def test_unknown_uuid_is_a_remote_error_without_a_traceback(
     assert "Traceback" not in agent.output()
 
 
-def test_sigterm_with_a_build_in_flight_reports_it_and_exits_0(
+def test_sigterm_with_a_build_in_flight_hands_it_back_and_exits_0(
     deployment: Deployment, controller: Controller, image_dir: Path, agent_factory: Any
 ) -> None:
     agent = agent_factory(
@@ -147,9 +145,11 @@ def test_sigterm_with_a_build_in_flight_reports_it_and_exits_0(
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(timeout=20) == 0, agent.output()
     assert time.monotonic() - start < 10
-    err = controller.wait_event(spec.uuid, {"instance.create.end", "instance.create.error"})
-    assert err.event_type == "instance.create.error"
-    assert "agent stopped before the build completed" in err.payload.reason
+    back = controller.wait_event(
+        spec.uuid, {"instance.create.end", "instance.create.error", "instance.create.handed_back"}
+    )
+    assert back.event_type == "instance.create.handed_back"
+    assert "agent stopped before the build completed" in back.payload.reason
 
 
 def test_malformed_casts_over_the_wire_are_reported_and_survived(
