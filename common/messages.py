@@ -336,6 +336,37 @@ class PortList(Message):
     ports: list[PortInfo] = []
 
 
+# --------------------------------------------------------------------------- resync
+
+
+class DesiredStateRequest(Message):
+    """An agent asks the controller (topic `controller`) what its host should have."""
+
+    SCHEMA = "desired_state_request"
+    host: HostName
+    kind: AgentKind
+
+
+class DesiredState(Message):
+    """The controller's answer: what `host` should have, and what it knows to be gone.
+
+    An agent deletes only what is listed as gone here (or gone by its own record):
+    something merely absent from `instances`/`ports` may be another system's.
+    """
+
+    SCHEMA = "desired_state"
+    host: HostName
+    kind: AgentKind
+    # compute: every instance that should exist on the host (not deleted, not failed)
+    instances: list[InstanceSpec] = []
+    # l2: every port that should be wired on the host
+    ports: list[Port] = []
+    # known to be gone: deleted instances and released ports of this host, recent ones
+    deleted_instances: list[UUID] = []
+    released_ports: list[UUID] = []
+    at: datetime = Field(default_factory=utcnow)
+
+
 MESSAGES: dict[str, type[Message]] = {
     cls.SCHEMA: cls
     for cls in (
@@ -356,6 +387,8 @@ MESSAGES: dict[str, type[Message]] = {
         ConsoleLog,
         PortInfo,
         PortList,
+        DesiredStateRequest,
+        DesiredState,
     )
 }
 
