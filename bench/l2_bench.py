@@ -33,7 +33,7 @@ from typing import Any
 import kombu
 import structlog
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 from agents.l2.endpoint import L2Endpoint
 from agents.l2.manager import L2Manager
 from agents.l2.metrics import L2Metrics

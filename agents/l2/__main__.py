@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 from agents.l2.endpoint import L2Endpoint
 from agents.l2.manager import L2Manager
 from agents.l2.metrics import L2Metrics

@@ -21,7 +21,7 @@ from uuid import UUID
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from common.errors import InvalidMessage

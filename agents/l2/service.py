@@ -17,7 +17,7 @@ from typing import Protocol
 
 import structlog
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from agents.l2.netlink import LinkEvent, LinkEvents

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 from agents.l2.endpoint import L2Endpoint
 from common.messages import PingReply, Port, PortCreated, PortDeleted, envelope
 from common.rpc import ModelSerializer

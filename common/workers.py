@@ -1,7 +1,10 @@
-"""Per-key serial execution: work for one port runs in order of arrival, one at a time;
-work for different ports runs in parallel on a small thread pool.
+"""Per-key serial execution: work for one key (a port, an instance) runs in order of
+arrival, one at a time; work for different keys runs in parallel on a small pool.
 
-Pure concurrency plumbing: it knows nothing about ports, netlink or the broker.
+Shutdown refuses new work and lets queued work finish within a bound; what has not
+started by then is abandoned, not run late: an agent's journal still holds it and the
+next start replays it. Pure concurrency plumbing: it knows nothing about ports,
+instances, netlink or the broker.
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ Task = Callable[[], object]
 
 
 class KeyedSerialExecutor:
-    def __init__(self, workers: int, name: str = "l2-worker") -> None:
+    def __init__(self, workers: int, name: str = "worker") -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
         self._lock = threading.Lock()
         self._queues: dict[Hashable, deque[Task]] = {}
         self._idle = threading.Condition(self._lock)
         self._pending = 0
         self._closed = False
+        self._abandon = False
+        self.abandoned = 0
 
     def submit(self, key: Hashable, task: Task) -> None:
         """Queue `task` behind earlier tasks of the same key."""
@@ -44,6 +49,12 @@ class KeyedSerialExecutor:
         while True:
             with self._lock:
                 queue = self._queues[key]
+                if self._abandon and queue:
+                    self.abandoned += len(queue)
+                    self._pending -= len(queue)
+                    queue.clear()
+                    if self._pending == 0:
+                        self._idle.notify_all()
                 if not queue:
                     del self._queues[key]
                     return
@@ -69,9 +80,20 @@ class KeyedSerialExecutor:
             return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout)
 
     def shutdown(self, timeout: float) -> bool:
-        """Refuse new work, finish what is queued (within `timeout`), stop the threads."""
+        """Refuse new work, finish what is queued within `timeout`, stop the threads.
+
+        False when work was left: tasks already running are let finish (the pool is
+        waited for), tasks not started are abandoned (counted in `abandoned`).
+        """
         with self._lock:
             self._closed = True
         done = self.drain(timeout)
-        self._pool.shutdown(wait=done, cancel_futures=not done)
+        if not done:
+            with self._lock:
+                self._abandon = True
+                for queue in self._queues.values():
+                    self.abandoned += len(queue)
+                    self._pending -= len(queue)
+                    queue.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         return done

@@ -4,7 +4,7 @@ import functools
 import threading
 import time
 
-from agents.l2.dispatch import KeyedSerialExecutor
+from common.workers import KeyedSerialExecutor
 
 
 def test_same_key_runs_in_submission_order_one_at_a_time() -> None:

@@ -1,0 +1,261 @@
+"""One shape for every agent: the jobs both agents do, written once.
+
+Each agent supplies only its manager's work; everything around it lives here:
+
+- `Intake` is the RPC boundary for casts. It validates the message against its wire
+  model, checks it is addressed to this host, writes it to the durable journal, and
+  queues it per key (instance uuid, port id) on a `KeyedSerialExecutor`; the endpoint
+  returns at once and no RPC thread ever waits on a lock held through I/O. A message
+  that fails any check is refused through the agent's `on_reject` (one named log line,
+  an error event, never a traceback). On start, `replay()` runs what an earlier run
+  had taken and not finished, through the same path. On stop, queued work that has
+  not begun is left in the journal: handed back, never failed, never dropped.
+- `Ticket`: a piece of work that finishes later than its `run` returns (a build
+  waiting for its ports) takes the ticket and settles it itself: `done()` forgets the
+  journal entry, `hand_back()` keeps it for the next start.
+- `endpoint()` builds the object oslo dispatches to: one method per cast, routed to the
+  intake, plus the agent's calls.
+- `Heartbeat`: a thread that reports the agent every interval until stopped.
+
+It must not know what a port or an instance is; the agents' managers do.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from common.errors import InvalidMessage
+from common.journal import Entry, Journal
+from common.messages import Message, envelope, open_envelope
+from common.workers import KeyedSerialExecutor
+
+log = structlog.get_logger()
+
+Reject = Callable[[str, object, str, str | None], None]
+
+
+class WrongHost(InvalidMessage):
+    """A valid message addressed to another host's agent."""
+
+
+class Ticket:
+    """The journal entry of one piece of work; settled once, by whoever finishes it."""
+
+    def __init__(self, journal: Journal | None, entry: Entry | None) -> None:
+        self._journal = journal
+        self._entry = entry
+        self._lock = threading.Lock()
+        self.settled = False
+        self.deferred = False
+
+    def defer(self) -> Ticket:
+        """The work goes on after `run` returns; its finisher calls done()/hand_back()."""
+        self.deferred = True
+        return self
+
+    def done(self) -> None:
+        with self._lock:
+            if self.settled:
+                return
+            self.settled = True
+        if self._journal is not None and self._entry is not None:
+            self._journal.done(self._entry)
+
+    def hand_back(self) -> None:
+        """Not finished and not failed: the entry stays, the next start replays it."""
+        with self._lock:
+            self.settled = True
+
+
+@dataclass(frozen=True)
+class CastSpec:
+    """How an agent takes one kind of cast.
+
+    `key` orders the work (per instance, per port); `run` does it on a worker thread,
+    given the validated message, the monotonic time it was received and its ticket.
+    """
+
+    model: type[Message]
+    key: Callable[[Any], Hashable]
+    run: Callable[[Any, float, Ticket], None]
+    # Work the agent must see at once, before queueing, without I/O or waiting
+    # (a delete cancels the build in flight of its instance).
+    admit: Callable[[Any], None] | None = None
+    journal: bool = True
+
+
+class Intake:
+    def __init__(
+        self,
+        host: str,
+        casts: Mapping[str, CastSpec],
+        executor: KeyedSerialExecutor,
+        journal: Journal | None,
+        on_reject: Reject,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.casts = dict(casts)
+        self.executor = executor
+        self.journal = journal
+        self._reject = on_reject
+        self._clock = clock
+
+    # ------------------------------------------------------------------ the boundary
+
+    def take(self, method: str, ctxt: object, payload: object, extra: Mapping[str, Any]) -> None:
+        """The body of every cast endpoint method. Never raises: the cast is acked."""
+        received = self._clock()
+        request_id = ctxt.get("request_id") if isinstance(ctxt, dict) else None
+        rid = request_id if isinstance(request_id, str) else None
+        spec = self.casts[method]
+        try:
+            if extra:
+                raise InvalidMessage(
+                    schema=spec.model.SCHEMA,
+                    problem=f"unexpected argument(s): {', '.join(sorted(map(str, extra)))}",
+                )
+            msg = self._validate(spec, payload)
+        except InvalidMessage as err:
+            self._refuse(method, payload, err.reason, rid)
+            return
+        except Exception as err:  # anything else: the same treatment, never crash the server
+            self._refuse(method, payload, f"{type(err).__name__}: {err}", rid)
+            return
+        try:
+            entry = None
+            if self.journal is not None and spec.journal:
+                entry = self.journal.add(method, str(spec.key(msg)), envelope(msg))
+            self._queue(method, spec, msg, received, Ticket(self.journal, entry))
+        except Exception as err:  # a full disk, a closed executor: say so, once
+            log.exception("intake_failed", method=method, error=str(err))
+            self._refuse(method, payload, f"could not take the message: {err}", rid)
+
+    def _validate(self, spec: CastSpec, payload: object) -> Message:
+        # The RPC serializer hands over a validated Message, or (what did not validate)
+        # an object carrying the error and the raw value.
+        error = getattr(payload, "error", None)
+        if isinstance(error, InvalidMessage) and hasattr(payload, "raw"):
+            raise error
+        if isinstance(payload, Message) and not isinstance(payload, spec.model):
+            raise InvalidMessage(schema=payload.SCHEMA, problem=f"expected {spec.model.SCHEMA}")
+        msg = payload if isinstance(payload, spec.model) else open_envelope(payload, spec.model)
+        host = getattr(msg, "host", self.host)
+        if host != self.host:
+            raise WrongHost(
+                schema=spec.model.SCHEMA,
+                problem=f"addressed to host {host!r}, this is {self.host!r}",
+            )
+        return msg
+
+    def _queue(
+        self, method: str, spec: CastSpec, msg: Message, received: float, ticket: Ticket
+    ) -> None:
+        if spec.admit is not None:
+            spec.admit(msg)
+
+        def work() -> None:
+            try:
+                spec.run(msg, received, ticket)
+            except Exception as err:  # the run reports its own errors; this is a bug
+                log.exception("work_crashed", method=method, error=str(err))
+                ticket.done()  # replaying a crash would crash again
+                return
+            if not ticket.deferred:
+                ticket.done()
+
+        self.executor.submit(spec.key(msg), work)
+
+    def _refuse(self, method: str, payload: object, problem: str, rid: str | None) -> None:
+        try:
+            self._reject(method, payload, problem, rid)
+        except Exception as err:  # reporting a bad message must not take the server down
+            log.exception("reject_report_failed", method=method, error=str(err))
+
+    # ------------------------------------------------------------------ start, stop
+
+    def replay(self) -> int:
+        """Queue what an earlier run took and did not finish, oldest first."""
+        if self.journal is None:
+            return 0
+        count = 0
+        for entry in self.journal.pending():
+            spec = self.casts.get(entry.method)
+            try:
+                if spec is None:
+                    raise InvalidMessage(schema="journal", problem=f"unknown method {entry.method}")
+                msg = self._validate(spec, entry.body)
+            except InvalidMessage as err:
+                log.error("journal_entry_refused", entry=entry.name, problem=err.reason)
+                self.journal.done(entry)
+                continue
+            self._queue(entry.method, spec, msg, self._clock(), Ticket(self.journal, entry))
+            count += 1
+        if count:
+            log.info("journal_replayed", entries=count)
+        return count
+
+    def stop(self, grace: float) -> bool:
+        """Finish queued work within `grace`; what has not begun stays in the journal."""
+        finished = self.executor.shutdown(grace)
+        if not finished:
+            log.warning("work_handed_back", abandoned=self.executor.abandoned, grace_s=grace)
+        return finished
+
+    def pending(self) -> int:
+        return len(self.journal) if self.journal is not None else 0
+
+
+def endpoint(intake: Intake, calls: Mapping[str, Callable[..., Any]]) -> object:
+    """The object oslo dispatches to: a method per cast (to the intake), the calls as given.
+
+    Cast methods take any arguments (`ctxt`, `payload`, and whatever else a sender put
+    in), so a stray argument is refused by the intake with a named log line instead of
+    a TypeError inside oslo's dispatcher.
+    """
+    attrs: dict[str, Any] = {}
+    for method in intake.casts:
+
+        def cast(_self: object, *args: Any, _method: str = method, **kwargs: Any) -> None:
+            ctxt = args[0] if args else None
+            payload = kwargs.pop("payload", None)
+            extra = {**kwargs, **{f"positional {i}": a for i, a in enumerate(args[1:], 2)}}
+            intake.take(_method, ctxt, payload, extra)
+
+        attrs[method] = cast
+    for name, fn in calls.items():
+        attrs[name] = staticmethod(fn)
+    return type("AgentEndpoint", (), attrs)()
+
+
+class Heartbeat:
+    """Calls `beat` now and every `interval` seconds until stopped; a failure is logged."""
+
+    def __init__(self, beat: Callable[[], None], interval: float, name: str = "heartbeat") -> None:
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._beat()
+            except Exception as err:  # the broker may be away; the next beat tries again
+                log.warning("heartbeat_failed", error=str(err))
+            if self._stop.wait(self._interval):
+                return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
