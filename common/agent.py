@@ -13,8 +13,8 @@ Each agent supplies only its manager's work; everything around it lives here:
 - `Ticket`: a piece of work that finishes later than its `run` returns (a build
   waiting for its ports) takes the ticket and settles it itself: `done()` forgets the
   journal entry, `hand_back()` keeps it for the next start.
-- `endpoint()` builds the object oslo dispatches to: one method per cast, routed to the
-  intake, plus the agent's calls.
+- `AgentEndpoint`: the base of the object oslo dispatches to; each cast method of an
+  agent's endpoint is one line routing to the intake.
 - `Heartbeat`: a thread that reports the agent every interval until stopped.
 
 It must not know what a port or an instance is; the agents' managers do.
@@ -212,26 +212,21 @@ class Intake:
         return len(self.journal) if self.journal is not None else 0
 
 
-def endpoint(intake: Intake, calls: Mapping[str, Callable[..., Any]]) -> object:
-    """The object oslo dispatches to: a method per cast (to the intake), the calls as given.
+class AgentEndpoint:
+    """Base of both agents' RPC endpoints: each cast method routes to the intake.
 
     Cast methods take any arguments (`ctxt`, `payload`, and whatever else a sender put
     in), so a stray argument is refused by the intake with a named log line instead of
-    a TypeError inside oslo's dispatcher.
+    a TypeError inside oslo's dispatcher. Calls are ordinary methods of the subclass.
     """
-    attrs: dict[str, Any] = {}
-    for method in intake.casts:
 
-        def cast(_self: object, *args: Any, _method: str = method, **kwargs: Any) -> None:
-            ctxt = args[0] if args else None
-            payload = kwargs.pop("payload", None)
-            extra = {**kwargs, **{f"positional {i}": a for i, a in enumerate(args[1:], 2)}}
-            intake.take(_method, ctxt, payload, extra)
+    intake: Intake
 
-        attrs[method] = cast
-    for name, fn in calls.items():
-        attrs[name] = staticmethod(fn)
-    return type("AgentEndpoint", (), attrs)()
+    def _take(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ctxt = args[0] if args else kwargs.pop("ctxt", None)
+        payload = kwargs.pop("payload", None)
+        extra = {**kwargs, **{f"positional {i}": a for i, a in enumerate(args[1:], 2)}}
+        self.intake.take(method, ctxt, payload, extra)
 
 
 class Heartbeat:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import structlog
 
-from common.workers import KeyedSerialExecutor
 from agents.l2.endpoint import L2Endpoint
 from agents.l2.manager import L2Manager
 from agents.l2.metrics import L2Metrics
@@ -24,8 +23,10 @@ from common import logging as agent_logging
 from common.cli import config_files, daemon_parser
 from common.config import load
 from common.errors import AgentsError
+from common.journal import Journal
 from common.metrics import Registry
 from common.rpc import L2_TOPIC, Messaging, vif_events_topic
+from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
 
@@ -43,7 +44,8 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
     messaging = Messaging(config.messaging, dispatch_threads=1)
     host_name = config.DEFAULT.host
     netlink = Netlink(config.l2.namespace)
-    store = PortStore(Path(config.DEFAULT.state_dir) / "l2-agent" / host_name / "ports")
+    state = Path(config.DEFAULT.state_dir) / "l2-agent" / host_name
+    store = PortStore(state / "ports")
     metrics = L2Metrics(Registry("l2_agent"))
     vif_events = messaging.notifier(f"l2-agent.{host_name}", vif_events_topic(host_name))
     agent_events = messaging.notifier(f"l2-agent.{host_name}", config.messaging.events_topic)
@@ -76,6 +78,7 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
         metrics_listen=config.metrics.listen,
         reload_log_level=reload_log_level,
         on_close=close,
+        replay=lambda: endpoint.intake.replay(),
     )
     endpoint = L2Endpoint(
         manager=manager,
@@ -85,6 +88,7 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
         metrics=metrics,
         ping=agent.ping,
         heartbeat=agent.heartbeat,
+        journal=Journal(state / "journal"),
     )
     return agent
 

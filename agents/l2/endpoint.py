@@ -6,13 +6,16 @@ here: a message that does not validate, is addressed to another host or breaks i
 unexpected way is logged once, counted, answered with `port.plug_failed` when a port
 uuid can be salvaged, and reported as `agent.message_rejected`; the daemon goes on.
 
-Valid port messages are queued per port (KeyedSerialExecutor) so that messages about one
-port are applied one at a time in order of arrival; the endpoint itself returns at once.
-It must not touch the kernel or the record itself.
+The checks, the durable journal and the per-port queue are the shared agent boundary
+(`common.agent.Intake`): messages about one port are applied one at a time in order of
+arrival, a message taken is on disk before the endpoint returns, and the endpoint
+itself returns at once. This module says what each cast does and how a refused one is
+reported. It must not touch the kernel or the record itself.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,12 +24,11 @@ from uuid import UUID
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
-from common.workers import KeyedSerialExecutor
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
-from common.errors import InvalidMessage
+from common.agent import AgentEndpoint, CastSpec, Intake, Ticket
+from common.journal import Journal
 from common.messages import (
-    Message,
     MessageRejected,
     PingReply,
     PortCreated,
@@ -37,20 +39,21 @@ from common.messages import (
     VifEvent,
     salvage_uuid,
 )
-from common.rpc import InvalidPayload, expect
+from common.rpc import InvalidPayload
+from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
-
-
-class WrongHost(InvalidMessage):
-    """A valid port message addressed to another host's agent."""
 
 
 PortMessage = PortCreated | PortUpdated | PortDeleted
 _REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
 
 
-class L2Endpoint:
+def _port_id(msg: PortMessage) -> UUID:
+    return msg.port_id if isinstance(msg, PortDeleted) else msg.port.id
+
+
+class L2Endpoint(AgentEndpoint):
     def __init__(
         self,
         *,
@@ -61,6 +64,7 @@ class L2Endpoint:
         metrics: L2Metrics,
         ping: Callable[[], PingReply],
         heartbeat: Callable[[], None],
+        journal: Journal | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._manager = manager
@@ -70,21 +74,29 @@ class L2Endpoint:
         self._metrics = metrics
         self._ping = ping
         self._heartbeat = heartbeat
-        self._clock = clock
         self.host = manager.host
+        casts = {
+            method: CastSpec(model, _port_id, functools.partial(self._run, method))
+            for method, model in (
+                ("port_created", PortCreated),
+                ("port_updated", PortUpdated),
+                ("port_deleted", PortDeleted),
+            )
+        }
+        self.intake = Intake(self.host, casts, executor, journal, self._reject, clock)
 
     # ------------------------------------------------------------------ casts
 
-    def port_created(self, ctxt: dict[str, Any], payload: object = None) -> None:
-        self._accept("port_created", ctxt, payload, PortCreated)
+    def port_created(self, *args: Any, **kwargs: Any) -> None:
+        self._take("port_created", args, kwargs)
 
-    def port_updated(self, ctxt: dict[str, Any], payload: object = None) -> None:
-        self._accept("port_updated", ctxt, payload, PortUpdated)
+    def port_updated(self, *args: Any, **kwargs: Any) -> None:
+        self._take("port_updated", args, kwargs)
 
-    def port_deleted(self, ctxt: dict[str, Any], payload: object = None) -> None:
-        self._accept("port_deleted", ctxt, payload, PortDeleted)
+    def port_deleted(self, *args: Any, **kwargs: Any) -> None:
+        self._take("port_deleted", args, kwargs)
 
-    def report_state(self, ctxt: dict[str, Any], **_: object) -> None:
+    def report_state(self, *args: Any, **_: object) -> None:
         try:
             self._heartbeat()
         except Exception as err:  # a cast must never raise into oslo (it is already acked)
@@ -93,42 +105,16 @@ class L2Endpoint:
 
     # ------------------------------------------------------------------ calls
 
-    def list_ports(self, ctxt: dict[str, Any], **_: object) -> PortList:
+    def list_ports(self, *args: Any, **_: object) -> PortList:
         return PortList(host=self.host, ports=self._manager.port_infos())
 
-    def ping(self, ctxt: dict[str, Any], **_: object) -> PingReply:
+    def ping(self, *args: Any, **_: object) -> PingReply:
         return self._ping()
 
-    # ------------------------------------------------------------------ boundary
+    # ------------------------------------------------------------------ work
 
-    def _accept(
-        self, method: str, ctxt: dict[str, Any], payload: object, model: type[Message]
-    ) -> None:
-        received = self._clock()
-        request_id = ctxt.get("request_id") if isinstance(ctxt, dict) else None
-        try:
-            msg = expect(payload, model)
-            assert isinstance(msg, PortCreated | PortUpdated | PortDeleted)
-            if msg.host != self.host:
-                # Not reported as plug_failed on this host's vif topic: no build here
-                # waits for that port; the operator sees agent.message_rejected.
-                raise WrongHost(
-                    schema=model.SCHEMA,
-                    problem=f"addressed to host {msg.host!r}, this is {self.host!r}",
-                )
-        except WrongHost as err:
-            self._reject(method, None, err.reason, request_id)
-            return
-        except InvalidMessage as err:
-            self._reject(method, payload, err.reason, request_id)
-            return
-        except Exception as err:  # anything else: same treatment, never crash the server
-            self._reject(method, payload, f"{type(err).__name__}: {err}", request_id)
-            return
-        port_id = msg.port_id if isinstance(msg, PortDeleted) else msg.port.id
-        self._executor.submit(port_id, lambda: self._run(method, msg, port_id, received))
-
-    def _run(self, method: str, msg: PortMessage, port_id: UUID, received: float) -> None:
+    def _run(self, method: str, msg: PortMessage, received: float, _ticket: Ticket) -> None:
+        port_id = _port_id(msg)
         with structlog.contextvars.bound_contextvars(
             request_id=msg.request_id,
             port_id=str(port_id),

@@ -17,12 +17,13 @@ from typing import Protocol
 
 import structlog
 
-from common.workers import KeyedSerialExecutor
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from agents.l2.netlink import LinkEvent, LinkEvents
 from agents.l2.store import PortStore
+from common.agent import Heartbeat
 from common.messages import AgentHeartbeat, PingReply
+from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
 
@@ -51,6 +52,7 @@ class L2Agent:
         metrics_listen: str | None = None,
         reload_log_level: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
+        replay: Callable[[], int] | None = None,
     ) -> None:
         self.manager = manager
         self._executor = executor
@@ -64,12 +66,13 @@ class L2Agent:
         self._metrics_listen = metrics_listen
         self._reload = reload_log_level
         self._on_close = on_close
+        self._replay = replay
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._stopping = threading.Event()
         self._server: Stoppable | None = None
         self._events: LinkEvents | None = None
-        self._beat: threading.Thread | None = None
+        self._beat: Heartbeat | None = None
         self.metrics_port: int | None = None
 
     # ------------------------------------------------------------------ Service
@@ -82,9 +85,13 @@ class L2Agent:
         self._events = self._make_link_events(self._on_link_event)
         self._events.start()
         self.manager.reconcile()
+        # Port messages an earlier run took and did not apply (kill -9) go first, in
+        # the order they were taken, then the broker's.
+        if self._replay is not None:
+            self._replay()
         self._server = self._make_server()
         self._server.start()
-        self._beat = threading.Thread(target=self._heartbeat_loop, name="l2-heartbeat", daemon=True)
+        self._beat = Heartbeat(self.heartbeat, self._interval, name="l2-heartbeat")
         self._beat.start()
         log.info("l2_agent_started", host=self.manager.host, version=self.version)
 
@@ -99,11 +106,12 @@ class L2Agent:
             self._server.wait()
         finished = self._executor.shutdown(grace)
         if not finished:
-            log.warning("stop_grace_exceeded", pending=self._executor.pending, grace_s=grace)
+            # Not begun within the grace: left in the journal for the next start.
+            log.warning("port_work_handed_back", abandoned=self._executor.abandoned, grace_s=grace)
         if self._events is not None:
             self._events.stop()
         if self._beat is not None:
-            self._beat.join(2)
+            self._beat.stop(2)
         self._metrics.registry.close()
         self._store.close()
         if self._on_close is not None:
@@ -138,15 +146,6 @@ class L2Agent:
                 counts=self.manager.counts(),
             ),
         )
-
-    def _heartbeat_loop(self) -> None:
-        while True:
-            try:
-                self.heartbeat()
-            except Exception as err:  # the broker may be away; the next beat tries again
-                log.warning("heartbeat_failed", error=str(err))
-            if self._stopping.wait(self._interval):
-                return
 
     def _on_link_event(self, event: LinkEvent) -> None:
         """Called from the link-event thread: queue a re-check of each affected port."""

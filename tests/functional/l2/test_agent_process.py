@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agents.l2.store import PortStore
+from agents.lab.procs import console_script, run, wait_for
 from common.messages import (
     PingReply,
     Port,
@@ -33,7 +34,6 @@ from tests.functional.l2.conftest import (
     spawn_agent,
     wait_event,
 )
-from tests.hosts import console_script, run, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -382,3 +382,30 @@ def test_a_missing_namespace_fails_the_start_clearly(l2env: L2Env, tmp_path: Pat
     log = (tmp_path / "agent.log").read_text()
     assert "l2-no-such-ns" in log and "setns" in log
     assert "l2-no-such-ns" not in run(["ip", "netns", "list"]).stdout  # not created either
+
+
+def test_port_work_taken_before_a_kill_is_replayed_on_start(
+    l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
+) -> None:
+    """What a kill -9 leaves: a port message on the journal, acked by the broker long ago."""
+    from common.journal import Journal
+
+    port = Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:12:34:99")
+    journal = Journal(l2env.state_dir / "l2-agent" / l2env.host / "journal")
+    journal.add("port_created", str(port.id), envelope(created(l2env.host, port)))
+    journal.close()
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    try:
+        event = wait_event(vif_watcher, "port.vif_plugged", port.id)
+        assert event.payload.device == f"tap{str(port.id)[:11]}"
+        assert kind(ns_links(l2env.ns)[f"tap{str(port.id)[:11]}"]) == "tun"
+        wait_for(
+            lambda: (
+                not list((l2env.state_dir / "l2-agent" / l2env.host / "journal").glob("*.json"))
+            ),
+            10,
+            what="the journal to be emptied",
+        )
+    finally:
+        code = stop(proc)
+    assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]

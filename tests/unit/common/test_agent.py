@@ -9,10 +9,21 @@ from typing import Any
 
 import pytest
 
-from common.agent import CastSpec, Heartbeat, Intake, Ticket, endpoint
+from common.agent import AgentEndpoint, CastSpec, Heartbeat, Intake, Ticket
 from common.journal import Journal
 from common.messages import PortDeleted, envelope
 from common.workers import KeyedSerialExecutor
+
+
+class Endpoint(AgentEndpoint):
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+
+    def port_deleted(self, *args: Any, **kwargs: Any) -> None:
+        self._take("port_deleted", args, kwargs)
+
+    def ping(self, ctxt: Any, **_: Any) -> str:
+        return "pong"
 
 
 class Harness:
@@ -32,7 +43,7 @@ class Harness:
             self.journal,
             lambda method, payload, problem, rid: self.rejected.append((method, problem)),
         )
-        self.endpoint = endpoint(self.intake, {"ping": lambda ctxt, **kw: "pong"})
+        self.endpoint = Endpoint(self.intake)
 
 
 def msg(host: str = "node1") -> dict[str, Any]:
