@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -24,9 +25,11 @@ from common import __version__
 from common import logging as logging_mod
 from common.cli import daemon_parser, load_daemon_config
 from common.errors import AgentsError
+from common.journal import Journal
 from common.metrics import Registry
 from common.rpc import Messaging
 from common.service import run
+from common.workers import KeyedSerialExecutor
 
 PROG = "compute-agent"
 # One sender batching everything queued beat two here (2 cores, GIL): 175-211 against
@@ -63,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(NOTIFY_SENDERS)
         ],
     )
+    state = Path(config.DEFAULT.state_dir) / "compute-agent" / host
     manager = ComputeManager(
         config=config,
         hypervisor=hypervisor,
@@ -72,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         version=__version__,
         taps=TapProbe(),
+        journal=Journal(state / "journal"),
+        tombstones=state / "tombstones.json",
+        executor=KeyedSerialExecutor(4, name="compute-intake"),
     )
 
     def reload_config() -> None:

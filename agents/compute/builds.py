@@ -21,6 +21,8 @@ It must not parse wire messages (the manager does) nor import libvirt.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -29,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID
 
 import structlog
@@ -50,6 +53,7 @@ from agents.compute.reporter import Reporter
 from agents.compute.settings import ComputeConfig
 from agents.compute.telemetry import BUILD_STEPS, ComputeMetrics
 from agents.compute.waiter import Expectation, VifWaiter
+from common.agent import Ticket
 from common.messages import BuildInstance
 
 log = structlog.get_logger()
@@ -71,6 +75,9 @@ class BuildTask:
     expectation: Expectation
     cancelled: str | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    # The journal entry of the cast: forgotten when the build ends, kept when handed back.
+    ticket: Ticket | None = None
+    handed_back: bool = False
 
     @property
     def uuid(self) -> UUID:
@@ -90,13 +97,49 @@ class _LockSlot:
 class InstanceTable:
     """Builds in flight, per-instance locks and tombstones, under one lock."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, tombstones: Path | None = None
+    ) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._builds: dict[UUID, BuildTask] = {}
         self._locks: dict[UUID, _LockSlot] = {}
         self._tombstones: OrderedDict[UUID, float] = OrderedDict()
         self.counts = {"builds_ok": 0, "builds_failed": 0, "deletes": 0}
+        # Kept on disk too: a stale build delivered after a restart must not bring a
+        # deleted instance back.
+        self._tombstone_file = tombstones
+        if tombstones is not None:
+            self._load_tombstones(tombstones)
+
+    def _load_tombstones(self, path: Path) -> None:
+        try:
+            saved = json.loads(path.read_text())
+            items = sorted((float(at), UUID(uuid)) for uuid, at in dict(saved).items())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError) as err:
+            log.error("tombstones_unreadable", path=str(path), error=str(err))
+            return
+        now_wall, now = time.time(), self._clock()
+        for at, uuid in items:
+            if now_wall - at < TOMBSTONE_TTL:
+                self._tombstones[uuid] = now - (now_wall - at)
+
+    def _save_tombstones(self) -> None:
+        """Atomically (temporary file, fsync, rename); called with the lock held."""
+        if self._tombstone_file is None:
+            return
+        now_wall, now = time.time(), self._clock()
+        data = {str(u): now_wall - (now - at) for u, at in self._tombstones.items()}
+        path = self._tombstone_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
 
     def admit(self, msg: BuildInstance, received: float, waiter: VifWaiter) -> BuildTask | str:
         """Register a build, or say why not: "duplicate" (in flight) or "deleted"."""
@@ -140,6 +183,10 @@ class InstanceTable:
                 or next(iter(self._tombstones.values())) < now - TOMBSTONE_TTL
             ):
                 self._tombstones.popitem(last=False)
+            try:
+                self._save_tombstones()
+            except OSError as err:  # the delete goes on; only a restart could forget it
+                log.error("tombstones_not_saved", error=str(err))
             return self._builds.get(uuid)
 
     def count(self, key: str) -> None:
@@ -208,9 +255,11 @@ class BuildPipeline:
 
     # ------------------------------------------------------------------ entry
 
-    def submit(self, msg: BuildInstance, received: float) -> None:
+    def submit(self, msg: BuildInstance, received: float, ticket: Ticket | None = None) -> None:
         admitted = self.table.admit(msg, received, self.waiter)
         uuid, rid = msg.instance.uuid, msg.request_id
+        if not isinstance(admitted, BuildTask) and ticket is not None:
+            ticket.done()
         if admitted == "duplicate":
             log.info("build_duplicate_in_flight")
             self.metrics.builds.labels("duplicate").inc()
@@ -223,6 +272,7 @@ class BuildPipeline:
             )
             return
         assert isinstance(admitted, BuildTask)
+        admitted.ticket = ticket
         self.metrics.builds_in_flight.inc()
         try:
             self._pool.submit(self.run, admitted)
@@ -246,6 +296,8 @@ class BuildPipeline:
             finally:
                 self.table.finish(task)
                 self.metrics.builds_in_flight.dec()
+                if task.ticket is not None:
+                    task.ticket.hand_back() if task.handed_back else task.ticket.done()
 
     # ------------------------------------------------------------------ steps
 
@@ -403,6 +455,7 @@ class BuildPipeline:
         (restarted) takes like any other.
         """
         uuid, rid = task.uuid, task.message.request_id
+        task.handed_back = True
         try:
             self.hv.destroy(uuid)
             self.hv.undefine(uuid)

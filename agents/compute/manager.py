@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -42,7 +43,9 @@ from agents.compute.settings import ComputeConfig
 from agents.compute.taps import TapProbe
 from agents.compute.telemetry import ComputeMetrics
 from agents.compute.waiter import PLUGGED, VifWaiter
+from common.agent import AgentEndpoint, CastSpec, Intake, Ticket
 from common.errors import AgentsError, InvalidMessage
+from common.journal import Journal
 from common.messages import (
     AgentHeartbeat,
     BuildInstance,
@@ -59,11 +62,12 @@ from common.messages import (
     salvage_uuid,
 )
 from common.rpc import InvalidPayload, expect, expected_errors
+from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
 
 
-class ComputeManager:
+class ComputeManager(AgentEndpoint):
     def __init__(
         self,
         config: ComputeConfig,
@@ -75,6 +79,9 @@ class ComputeManager:
         version: str,
         clock: Callable[[], float] = time.monotonic,
         taps: TapState | None = None,
+        journal: Journal | None = None,
+        executor: KeyedSerialExecutor | None = None,
+        tombstones: Path | None = None,
     ) -> None:
         self.host = config.DEFAULT.host
         self.settings = config.compute
@@ -87,7 +94,7 @@ class ComputeManager:
         self.clock = clock
         self.started_at = datetime.now(UTC)
         self._started_mono = clock()
-        self.table = InstanceTable(clock)
+        self.table = InstanceTable(clock, tombstones)
         self.pipeline = BuildPipeline(
             config, hypervisor, images, waiter, reporter, metrics, self.table, clock
         )
@@ -95,31 +102,51 @@ class ComputeManager:
         self.replugger = Replugger(
             hypervisor, taps if taps is not None else TapProbe(), self.table, reporter, metrics
         )
+        # Deletes and reboots run here, per instance in order of arrival; a build only
+        # passes through on its way to the pipeline's own pool (it may wait for its ports).
+        casts = {
+            "build_instance": CastSpec(BuildInstance, _uuid_of, self._build),
+            "delete_instance": CastSpec(
+                DeleteInstance, _uuid_of, self._delete_work, admit=self._cancel_build
+            ),
+            "reboot_instance": CastSpec(RebootInstance, _uuid_of, self._reboot_work),
+        }
+        self.intake = Intake(
+            self.host,
+            casts,
+            executor or KeyedSerialExecutor(4, name="compute-intake"),
+            journal,
+            self._reject,
+            clock,
+        )
 
     # ================================================================== casts
 
-    def build_instance(self, ctxt: Any, payload: object = None, **extra: Any) -> None:
-        received = self.clock()
-        try:
-            msg = self._accept(payload, BuildInstance)
-            assert isinstance(msg, BuildInstance)
-            with structlog.contextvars.bound_contextvars(
-                request_id=msg.request_id, instance_uuid=str(msg.instance.uuid)
-            ):
-                self.pipeline.submit(msg, received)
-        except InvalidMessage as err:
-            self._reject("build_instance", err, payload, "instance.create.error")
-        except Exception as err:  # the boundary: nothing may stop the server consuming
-            log.exception("build_instance_failed", error=str(err))
-            self.metrics.rpc_errors.labels("build_instance").inc()
+    def build_instance(self, *args: Any, **kwargs: Any) -> None:
+        self._take("build_instance", args, kwargs)
 
-    def delete_instance(self, ctxt: Any, payload: object = None, **extra: Any) -> None:
-        try:
-            msg = self._accept(payload, DeleteInstance)
-            assert isinstance(msg, DeleteInstance)
-        except InvalidMessage as err:
-            self._reject("delete_instance", err, payload, "instance.delete.error")
-            return
+    def delete_instance(self, *args: Any, **kwargs: Any) -> None:
+        self._take("delete_instance", args, kwargs)
+
+    def reboot_instance(self, *args: Any, **kwargs: Any) -> None:
+        self._take("reboot_instance", args, kwargs)
+
+    # ------------------------------------------------------------------ the work
+
+    def _build(self, msg: BuildInstance, received: float, ticket: Ticket) -> None:
+        with structlog.contextvars.bound_contextvars(
+            request_id=msg.request_id, instance_uuid=str(msg.instance.uuid)
+        ):
+            self.pipeline.submit(msg, received, ticket.defer())
+
+    def _cancel_build(self, msg: DeleteInstance) -> None:
+        """At the boundary, before queueing: a build in flight of this instance stops now
+        (its vif wait is woken), so the delete behind it does not wait for its ports."""
+        task = self.table.tombstone(msg.instance_uuid)
+        if task is not None:
+            task.cancel(DELETED)
+
+    def _delete_work(self, msg: DeleteInstance, received: float, _ticket: Ticket) -> None:
         uuid, rid = msg.instance_uuid, msg.request_id
         with structlog.contextvars.bound_contextvars(request_id=rid, instance_uuid=str(uuid)):
             try:
@@ -132,13 +159,7 @@ class ComputeManager:
                     "instance.delete.error", uuid, rid, error=True, reason=str(err)
                 )
 
-    def reboot_instance(self, ctxt: Any, payload: object = None, **extra: Any) -> None:
-        try:
-            msg = self._accept(payload, RebootInstance)
-            assert isinstance(msg, RebootInstance)
-        except InvalidMessage as err:
-            self._reject("reboot_instance", err, payload, "instance.reboot.error")
-            return
+    def _reboot_work(self, msg: RebootInstance, received: float, _ticket: Ticket) -> None:
         uuid, rid = msg.instance_uuid, msg.request_id
         with structlog.contextvars.bound_contextvars(request_id=rid, instance_uuid=str(uuid)):
             kind = "hard" if msg.hard else "soft"
@@ -262,8 +283,11 @@ class ComputeManager:
         return self._reconciler.run()
 
     def drain(self, grace: float) -> None:
-        """SIGTERM: in-flight builds finish within `grace` or fail visibly; events flushed."""
-        self.pipeline.drain(grace)
+        """SIGTERM: queued work and in-flight builds finish within `grace`, or are handed
+        back (left in the journal, reported so); events flushed."""
+        deadline = self.clock() + grace
+        self.intake.stop(grace)
+        self.pipeline.drain(max(0.0, deadline - self.clock()))
         self.replugger.close()
         self.reporter.flush(timeout=5)
 
@@ -272,7 +296,7 @@ class ComputeManager:
     def _delete(self, msg: DeleteInstance) -> None:
         uuid, rid = msg.instance_uuid, msg.request_id
         self.reporter.instance("instance.delete.start", uuid, rid, state="deleting")
-        task = self.table.tombstone(uuid)
+        task = self.table.tombstone(uuid)  # again: a replayed delete had no admit step
         if task is not None:
             task.cancel(DELETED)  # wakes its vif wait; it cleans up and releases the lock
         with self.table.locked(uuid):
@@ -300,15 +324,6 @@ class ComputeManager:
 
     # ================================================================== input
 
-    def _accept(self, payload: object, model: type[Message]) -> Message:
-        msg = expect(payload, model)
-        host = getattr(msg, "host", self.host)
-        if host != self.host:
-            raise InvalidMessage(
-                schema=model.SCHEMA, problem=f"addressed to host {host!r}, this is {self.host!r}"
-            )
-        return msg
-
     def _accept_call(self, method: str, payload: object) -> InstanceRef:
         try:
             ref = expect(payload, InstanceRef)
@@ -319,12 +334,12 @@ class ComputeManager:
         assert isinstance(ref, InstanceRef)
         return ref
 
-    def _reject(self, method: str, err: InvalidMessage, payload: object, event_type: str) -> None:
+    def _reject(self, method: str, payload: object, problem: str, _rid: str | None) -> None:
         raw = payload.raw if isinstance(payload, InvalidPayload) else payload
         if isinstance(raw, Message):  # valid but refused (wrong host): still address it
             raw = raw.model_dump(mode="json")
         uuid = salvage_uuid(raw, "instance_uuid", "uuid")
-        problem = err.reason[:2000]
+        problem = problem[:2000]
         log.warning(
             "message_rejected",
             method=method,
@@ -338,7 +353,19 @@ class ComputeManager:
             error=True,
         )
         if uuid is not None:
+            event_type = _ERROR_EVENT.get(method, "instance.create.error")
             self.reporter.instance(event_type, uuid, None, error=True, reason=problem)
+
+
+_ERROR_EVENT = {
+    "build_instance": "instance.create.error",
+    "delete_instance": "instance.delete.error",
+    "reboot_instance": "instance.reboot.error",
+}
+
+
+def _uuid_of(msg: BuildInstance | DeleteInstance | RebootInstance) -> UUID:
+    return msg.instance.uuid if isinstance(msg, BuildInstance) else msg.instance_uuid
 
 
 class VifEventEndpoint:

@@ -1,12 +1,13 @@
 """The compute-agent as a daemon: start-up order, heartbeat, graceful stop, reload.
 
 It owns the order in which the parts come up and go down:
-start: libvirt connection -> start-up reconcile -> vif-event listener -> RPC server ->
+start: libvirt connection -> start-up reconcile -> journal replay -> vif-event listener ->
+RPC server ->
 metrics endpoint -> heartbeat thread (READY=1 is sent by common.service.run() after
 start() returns, so systemd hears "ready" only once all of that is done);
-stop: RPC server stops taking messages -> in-flight builds drain within the grace (the
-vif listener keeps running so they can still complete) -> listener, heartbeat,
-transports, libvirt.
+stop: RPC server stops taking messages and hands over what it took -> queued work and
+in-flight builds finish within the grace, the rest is handed back (the vif listener
+keeps running so builds can still complete) -> listener, heartbeat, transports, libvirt.
 
 It must not contain build logic (manager.py) nor create its collaborators (__main__).
 """
@@ -58,6 +59,8 @@ class ComputeService:
         self.hypervisor.connect()
         log.info("libvirt_connected", uri=self.hypervisor.uri)
         self.manager.reconcile()
+        # Casts an earlier run took and did not finish (kill -9) go first, in order.
+        self.manager.intake.replay()
         self._listener = self.messaging.notification_listener(
             [vif_events_topic(host)], [VifEventEndpoint(self.manager)]
         )
@@ -82,10 +85,11 @@ class ComputeService:
 
     def stop(self, grace: float) -> None:
         if self._rpc is not None:
+            # No new cast is taken; wait() returns once every cast already taken (and
+            # acked by the broker) has passed the endpoint into the journal and queue.
             self._rpc.stop()
-        self.manager.drain(grace)
-        if self._rpc is not None:
             self._rpc.wait()
+        self.manager.drain(grace)
         if self._listener is not None:
             self._listener.stop()
             self._listener.wait()

@@ -22,6 +22,7 @@ from typing import Any
 import kombu
 import pytest
 
+from agents.lab.procs import REPO, broker_available, console_script, unique, wait_for
 from common.config import MessagingSettings
 from common.messages import (
     BuildInstance,
@@ -31,7 +32,6 @@ from common.messages import (
     new_request_id,
 )
 from common.rpc import COMPUTE_TOPIC, Event, EventWatcher, Messaging, vif_events_topic
-from tests.hosts import REPO, broker_available, console_script, unique, wait_for
 
 pytestmark = pytest.mark.functional
 
@@ -131,6 +131,7 @@ def write_config(dep: Deployment, image_dir: Path, host: str | None = None, **co
     lines = [
         "[DEFAULT]",
         f"host = {host}",
+        f"state_dir = {dep.tmp / f'state-{host}'}",
         "log_format = json",
         "log_level = DEBUG",
         "[messaging]",

@@ -217,3 +217,26 @@ def test_version_flag() -> None:
         [console_script("compute-agent"), "--version"], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0 and done.stdout.strip() == f"compute-agent {__version__}"
+
+
+def test_a_build_taken_before_a_kill_is_replayed_on_start(
+    deployment: Deployment, controller: Controller, image_dir: Path, agent_factory: Any
+) -> None:
+    """What a kill -9 leaves: a build on the journal that the broker acked long ago."""
+    from common.journal import Journal
+    from common.messages import BuildInstance, envelope
+
+    config = write_config(deployment, image_dir)
+    spec = controller.spec(ports=1)
+    journal_dir = deployment.tmp / f"state-{deployment.host}" / "compute-agent"
+    journal = Journal(journal_dir / deployment.host / "journal")
+    build = BuildInstance(request_id="req-replayed", host=deployment.host, instance=spec)
+    journal.add("build_instance", str(spec.uuid), envelope(build))
+    journal.close()
+    agent_factory(config)
+    controller.wait_event(spec.uuid, {"instance.create.start"})
+    controller.plug(spec.ports[0])
+    end = controller.wait_event(spec.uuid, {"instance.create.end", "instance.create.error"})
+    assert end.event_type == "instance.create.end", end.payload
+    assert end.payload.request_id == "req-replayed"
+    assert not list((journal_dir / deployment.host / "journal").glob("*.json"))

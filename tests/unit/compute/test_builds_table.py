@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from agents.compute.builds import InstanceTable
 from agents.compute.waiter import VifWaiter
@@ -67,3 +68,13 @@ def test_tombstones_expire() -> None:
     waiter = VifWaiter()
     assert not isinstance(table.admit(_msg(old), 0.0, waiter), str)
     assert table.admit(_msg(new), 0.0, waiter) == "deleted"
+
+
+def test_tombstones_survive_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "tombstones.json"
+    gone = uuid.uuid4()
+    InstanceTable(tombstones=path).tombstone(gone)
+    again = InstanceTable(tombstones=path)  # a new process on the same state dir
+    spec = InstanceSpec(uuid=gone, name="x", flavor="m1.tiny", image="tiny")
+    build = BuildInstance(request_id="req-stale", host="h", instance=spec)
+    assert again.admit(build, 0.0, VifWaiter(retention=10)) == "deleted"
