@@ -16,6 +16,7 @@ read the host's truth (libvirt) through `records`. It must not import libvirt, q
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -95,10 +96,13 @@ class ComputeManager(AgentEndpoint):
         self.started_at = datetime.now(UTC)
         self._started_mono = clock()
         self.table = InstanceTable(clock, tombstones)
+        # Builds a delete cancelled at the boundary: that delete reports them deleted.
+        self._cancelled: set[UUID] = set()
+        self._cancelled_lock = threading.Lock()
         self.pipeline = BuildPipeline(
             config, hypervisor, images, waiter, reporter, metrics, self.table, clock
         )
-        self._reconciler = Reconciler(hypervisor, images, reporter, metrics)
+        self._reconciler = Reconciler(hypervisor, images, reporter, metrics, self.host)
         self.replugger = Replugger(
             hypervisor, taps if taps is not None else TapProbe(), self.table, reporter, metrics
         )
@@ -145,6 +149,8 @@ class ComputeManager(AgentEndpoint):
         task = self.table.tombstone(msg.instance_uuid)
         if task is not None:
             task.cancel(DELETED)
+            with self._cancelled_lock:
+                self._cancelled.add(msg.instance_uuid)
 
     def _delete_work(self, msg: DeleteInstance, received: float, _ticket: Ticket) -> None:
         uuid, rid = msg.instance_uuid, msg.request_id
@@ -299,6 +305,9 @@ class ComputeManager(AgentEndpoint):
         task = self.table.tombstone(uuid)  # again: a replayed delete had no admit step
         if task is not None:
             task.cancel(DELETED)  # wakes its vif wait; it cleans up and releases the lock
+        with self._cancelled_lock:
+            was_building = task is not None or uuid in self._cancelled
+            self._cancelled.discard(uuid)
         with self.table.locked(uuid):
             domain = self.hv.get(uuid)
             if domain is not None and read_record(domain) is None:
@@ -307,8 +316,8 @@ class ComputeManager(AgentEndpoint):
             had_domain = self.hv.undefine(uuid)
             had_files = self.images.remove_instance_files(uuid)
         self.table.count("deletes")
-        if had_domain or had_files or task is not None:
-            log.info("instance_deleted", was_running=was_running, was_building=task is not None)
+        if had_domain or had_files or was_building:
+            log.info("instance_deleted", was_running=was_running, was_building=was_building)
             self.metrics.deletes.labels("ok").inc()
             self.reporter.instance("instance.delete.end", uuid, rid, state="deleted")
         else:

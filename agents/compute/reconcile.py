@@ -6,9 +6,11 @@ The host is the truth (docs/design.md). On start, before taking any message:
 - an owned domain defined but never started (the agent died between define and
   start): the build is finished (started) or, if that fails, turned into an error
   record; either way reported (instance.create.end / .error);
-- instance files without a domain (the agent died before define): removed, and the
-  build reported failed;
-- a domain without our metadata: never looked at beyond that.
+- instance files without any domain of that uuid (the agent died before define):
+  removed, and the build reported failed;
+- a domain carrying our metadata namespace that cannot be read (someone edited it
+  with virsh, or a newer agent wrote it): reported, and left alone with its files;
+- a domain without our metadata: never looked at beyond that; its uuid's files stay.
 
 It must not take messages or run builds; it runs once, before the agent serves.
 """
@@ -20,12 +22,13 @@ from uuid import UUID
 
 import structlog
 
-from agents.compute.guest import InstanceMetadata
+from agents.compute.guest import METADATA_NS, InstanceMetadata
 from agents.compute.images import ImageStore
-from agents.compute.records import Domain, GuestHost, owned_domains, write_record
+from agents.compute.records import Domain, GuestHost, owned_domains, read_record, write_record
 from agents.compute.reporter import Reporter
 from agents.compute.telemetry import ComputeMetrics
 from common.errors import AgentsError
+from common.messages import MessageRejected
 
 log = structlog.get_logger()
 
@@ -39,15 +42,36 @@ class Reconciler:
         images: ImageStore,
         reporter: Reporter,
         metrics: ComputeMetrics,
+        host: str = "localhost",
     ) -> None:
+        self.host = host
         self.hv = hypervisor
         self.images = images
         self.reporter = reporter
         self.metrics = metrics
 
     def run(self) -> dict[str, int]:
-        counts = {"running": 0, "stopped": 0, "error": 0, "finished": 0, "failed": 0, "orphans": 0}
+        counts = {
+            "running": 0, "stopped": 0, "error": 0, "finished": 0, "failed": 0, "orphans": 0,
+            "unreadable": 0,
+        }  # fmt: skip
         owned: set[UUID] = set()
+        for domain in self.hv.list_with_metadata(METADATA_NS):
+            if read_record(domain) is None:
+                # Ours by namespace, but not readable: nothing may be destroyed on a guess.
+                counts["unreadable"] += 1
+                log.error("reconcile_record_unreadable", instance_uuid=str(domain.uuid))
+                self.reporter.agent(
+                    "agent.instance_unreadable",
+                    MessageRejected(
+                        host=self.host,
+                        kind="compute",
+                        method="reconcile",
+                        problem=f"domain {domain.uuid} has an instance record this agent"
+                        " cannot read; left alone with its files",
+                    ),
+                    error=True,
+                )
         for domain, record in owned_domains(self.hv):
             owned.add(domain.uuid)
             with structlog.contextvars.bound_contextvars(
@@ -62,8 +86,8 @@ class Reconciler:
                 else:
                     counts[self._finish_half_built(domain, record)] += 1
         for uuid in self.images.instance_dirs():
-            if uuid in owned:
-                continue
+            if uuid in owned or self.hv.get(uuid) is not None:
+                continue  # a domain of that uuid exists: its files are not orphans
             self.images.remove_instance_files(uuid)
             counts["orphans"] += 1
             log.warning("reconcile_orphan_files_removed", instance_uuid=str(uuid))

@@ -73,6 +73,8 @@ class ReconcileReport:
     removed_devices: tuple[str, ...]
     pruned_tombstones: int
     seconds: float
+    # devices with our naming that nothing proves unwanted: reported, left alone
+    kept_unknown: tuple[str, ...] = ()
 
 
 class L2Manager:
@@ -395,19 +397,29 @@ class L2Manager:
                 if r.wanted == "present" and r.network_id is not None
             }
             wanted_taps = set(self._by_tap)
-        removed = self._wiring.remove_leftovers(wanted_taps, wanted_nets)
+            gone_taps = {
+                names.tap_name(r.port_id) for r in self._records.values() if r.wanted == "absent"
+            }
+        if self._store.trustworthy():
+            removed, kept = self._wiring.remove_leftovers(gone_taps, wanted_taps, wanted_nets)
+        else:
+            # A record set aside as corrupt, or none where one was expected: nothing is
+            # proven gone, so nothing is deleted until an operator looks.
+            removed, kept = [], []
+            log.error("reconcile_deletions_stopped", reason=self._store.distrust_reason())
         elapsed = self._clock() - started
         self._metrics.reconcile.labels(action="replugged").inc(replugged)
         self._metrics.reconcile.labels(action="failed").inc(failed)
         self._metrics.reconcile.labels(action="removed_device").inc(len(removed))
         self._metrics.reconcile.labels(action="pruned_tombstone").inc(pruned)
         self._metrics.reconcile_seconds.observe(elapsed)
-        report = ReconcileReport(replugged, failed, tuple(removed), pruned, elapsed)
+        report = ReconcileReport(replugged, failed, tuple(removed), pruned, elapsed, tuple(kept))
         log.info(
             "reconcile_done",
             replugged=replugged,
             failed=failed,
             removed=len(removed),
+            kept_unknown=len(kept),
             pruned_tombstones=pruned,
             elapsed_ms=round(elapsed * 1000, 1),
         )

@@ -54,6 +54,9 @@ def now() -> datetime:
 class PortStore:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # A record directory that did not exist (a new host name or state_dir on a host
+        # that has devices) is no proof that those devices are unwanted.
+        self.created = not directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         self._dirty: set[Path] = set()
@@ -141,6 +144,19 @@ class PortStore:
             os.fsync(self._dir_fd)  # the renames and unlinks themselves
         except OSError as err:
             log.error("port_record_sync_failed", directory=str(self.directory), error=str(err))
+
+    def trustworthy(self) -> bool:
+        """May reconcile delete on this record's word? Not when it was just created
+        or when a record had to be set aside as corrupt."""
+        return self.distrust_reason() is None
+
+    def distrust_reason(self) -> str | None:
+        corrupt = sorted(p.name for p in self.directory.glob("*.corrupt"))
+        if corrupt:
+            return f"records set aside as corrupt: {', '.join(corrupt[:5])}"
+        if self.created:
+            return f"the record directory {self.directory} was created at this start"
+        return None
 
     def load(self) -> dict[UUID, PortRecord]:
         """Every readable record. Leftover temporary files (a write cut short) are removed;

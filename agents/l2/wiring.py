@@ -309,30 +309,70 @@ class Wiring:
         if self._links.delete(names.bridge_name(network_id)):
             log.info("bridge_removed", bridge=names.bridge_name(network_id))
 
-    def remove_leftovers(self, wanted_taps: set[str], wanted_nets: set[UUID]) -> list[str]:
-        """Delete devices with our naming that no recorded port wants. Taps first, then
-        uplinks, then bridges; anything not named like ours is never touched."""
+    def remove_leftovers(
+        self, gone_taps: set[str], wanted_taps: set[str], wanted_nets: set[UUID]
+    ) -> tuple[list[str], list[str]]:
+        """Delete what is proven unwanted; report, and keep, what is merely unknown.
+
+        A tap goes only when its port is known to be gone (`gone_taps`: a tombstone of
+        ours, or a port the controller says it released). A tap with our naming that
+        no record explains may be another system's (neutron names its taps the same
+        way) or ours under a lost record: it stays. A bridge or uplink goes only when
+        no wanted port uses its network and no tap is left in the bridge, so removing
+        it can cut nobody off. Anything not named like ours is never touched.
+        Returns (removed, kept_unknown).
+        """
         wanted_bridges = {names.bridge_name(n) for n in wanted_nets}
         wanted_vxlans: set[str] = set()
         for net_id in wanted_nets:
             net = self._networks(net_id)
             if net is not None and net.type == "vxlan" and net.segmentation_id is not None:
                 wanted_vxlans.add(names.vxlan_name(net.segmentation_id))
-        links = self._links.links()
         removed: list[str] = []
-        for test, wanted in (
-            (names.owns_tap, wanted_taps),
-            (names.owns_vxlan, wanted_vxlans),
-            (names.owns_bridge, wanted_bridges),
-        ):
-            for link in links:
-                if test(link.name) and link.name not in wanted:
-                    try:
-                        if self._links.delete(link.name):
-                            removed.append(link.name)
-                            log.info("leftover_device_removed", device=link.name)
-                    except L2Error as err:
-                        log.error(
-                            "leftover_device_remove_failed", device=link.name, reason=err.reason
-                        )
-        return removed
+        kept: list[str] = []
+        for link in self._links.links():
+            if not names.owns_tap(link.name) or link.name in wanted_taps:
+                continue
+            if link.name in gone_taps:
+                self._remove(link.name, removed)
+            else:
+                kept.append(link.name)
+                log.warning("unknown_device_kept", device=link.name)
+        links = self._links.links()
+        index = {link.index: link for link in links}
+        occupied = {
+            index[link.master].name
+            for link in links
+            if link.master in index and names.owns_tap(link.name)
+        }
+        for link in links:
+            if names.owns_bridge(link.name) and link.name not in wanted_bridges:
+                if link.name in occupied:
+                    kept.append(link.name)
+                    log.warning("bridge_in_use_kept", device=link.name)
+                    continue
+                uplinks = [
+                    x.name
+                    for x in links
+                    if x.master == link.index and names.owns_vxlan(x.name)
+                    and x.name not in wanted_vxlans
+                ]  # fmt: skip
+                for name in uplinks:
+                    self._remove(name, removed)
+                self._remove(link.name, removed)
+        for link in self._links.links():  # vxlan uplinks left outside any bridge
+            if (
+                names.owns_vxlan(link.name)
+                and link.name not in wanted_vxlans
+                and link.master is None
+            ):
+                self._remove(link.name, removed)
+        return removed, kept
+
+    def _remove(self, name: str, removed: list[str]) -> None:
+        try:
+            if self._links.delete(name):
+                removed.append(name)
+                log.info("leftover_device_removed", device=name)
+        except L2Error as err:
+            log.error("leftover_device_remove_failed", device=name, reason=err.reason)

@@ -229,7 +229,7 @@ def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
     records = PortStore(state).load()  # every file parses: no torn record
     assert not list(state.glob("*.corrupt"))
     assert len(records) >= 30
-    # A stray device with our naming appears while the agent is down.
+    # A device with our naming that no record explains appears while the agent is down.
     stray = f"tap{str(uuid.uuid4())[:11]}"
     run(["ip", "-n", l2env.ns, "tuntap", "add", "dev", stray, "mode", "tap"])
     vif_watcher.poll(0.2)  # drop what the first run said
@@ -252,10 +252,12 @@ def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
         bridge = f"brq{VXLAN_NET[:11]}"
         for pid in records:
             assert links[f"tap{str(pid)[:11]}"].get("master") == bridge
-        assert stray not in links
+        # no record explains it, nothing proves it unwanted: kept (and logged)
+        assert stray in links
+        assert "unknown_device_kept" in (tmp_path / "agent2.log").read_text()
         recorded_taps = {f"tap{str(pid)[:11]}" for pid in records}
         ours = {n for n in links if n.startswith("tap")}
-        assert ours <= recorded_taps | {f"tap{str(p.id)[:11]}" for p in ports}
+        assert ours <= recorded_taps | {f"tap{str(p.id)[:11]}" for p in ports} | {stray}
     finally:
         code = stop(again)
     assert code == 0, (tmp_path / "agent2.log").read_text()[-3000:]

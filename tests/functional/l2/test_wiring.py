@@ -17,6 +17,7 @@ from agents.l2.metrics import L2Metrics
 from agents.l2.netlink import Netlink
 from agents.l2.settings import L2Config
 from agents.l2.store import PortStore
+from agents.lab.procs import REPO, run, unique
 from common.config import load
 from common.messages import Port, PortCreated, PortDeleted
 from common.metrics import Registry
@@ -29,7 +30,6 @@ from tests.functional.l2.conftest import (
     kind,
     ns_links,
 )
-from tests.hosts import REPO, run, unique
 from tests.unit.l2.fakes import RecordingSink
 
 pytestmark = pytest.mark.functional
@@ -237,6 +237,7 @@ def test_reconcile_against_the_kernel(netns: str, hosts: list[Host], tmp_path: P
     # Behind the agent's back: its tap goes, a stray tap/bridge with our naming appear,
     # and devices that only look similar are there too.
     run(["ip", "-n", netns, "link", "del", tap(kept)])
+    run(["ip", "-n", netns, "tuntap", "add", "dev", tap(gone), "mode", "tap"])  # proven gone
     stray_tap, stray_br = f"tap{str(uuid.uuid4())[:11]}", f"brq{str(uuid.uuid4())[:11]}"
     for name, args in (
         (stray_tap, ["tuntap", "mode", "tap"]),
@@ -254,10 +255,12 @@ def test_reconcile_against_the_kernel(netns: str, hosts: list[Host], tmp_path: P
     fresh = host(hosts, netns, tmp_path)
     report = fresh.manager.reconcile()
     assert (report.replugged, report.failed) == (1, 0)
-    assert set(report.removed_devices) == {stray_tap, stray_br}
+    # the tombstoned port's tap and the empty bridge go; an unknown tap is kept, reported
+    assert set(report.removed_devices) == {tap(gone), stray_br}
+    assert report.kept_unknown == (stray_tap,)
     links = ns_links(netns)
     assert links[tap(kept)]["master"] == brq(VXLAN) and is_up(links[tap(kept)])
-    assert {"tapforeign", "brq-mine"} <= set(links)
+    assert {"tapforeign", "brq-mine", stray_tap} <= set(links)
     assert fresh.events.types() == ["port.vif_plugged"]
 
 

@@ -237,14 +237,16 @@ def test_unicast_peers_become_flood_entries(tmp_path: Path) -> None:
     assert r.links.flood_entries("vxlan-1001") == {"10.0.0.2", "10.0.0.3"}
 
 
-def test_reconcile_rewires_removes_our_leftovers_and_reports_again(rig: Rig) -> None:
+def test_reconcile_rewires_removes_what_is_proven_gone_and_keeps_the_unknown(rig: Rig) -> None:
     kept, gone = port(), port()
     rig.create(kept)
     rig.create(gone)
     rig.delete(gone)
-    # While the agent is down: its tap vanishes, stray devices with our naming appear,
-    # and devices that are not ours exist.
+    # While the agent is down: its tap vanishes, the tap of the deleted port is back
+    # (proven gone by its tombstone), stray devices with our naming appear, and devices
+    # that are not ours exist.
     rig.links.delete(tap(kept))
+    rig.links.add_tap(tap(gone))
     stray_tap, stray_br = f"tap{str(uuid.uuid4())[:11]}", f"brq{str(uuid.uuid4())[:11]}"
     rig.links.add_tap(stray_tap)
     rig.links.add_bridge(stray_br, 1500)
@@ -254,11 +256,25 @@ def test_reconcile_rewires_removes_our_leftovers_and_reports_again(rig: Rig) -> 
     fresh = rig.restart()
     report = fresh.manager.reconcile()
     assert report.replugged == 1 and report.failed == 0
-    assert set(report.removed_devices) == {stray_tap, stray_br, "vxlan-77"}
+    # an unknown tap may be another system's (or ours under a lost record): kept, reported
+    assert set(report.removed_devices) == {tap(gone), stray_br, "vxlan-77"}
+    assert report.kept_unknown == (stray_tap,)
     assert fresh.links.master_of(tap(kept)) == brq(VXLAN)
-    assert {"tapforeign", "br-ex", "uplink0"} <= set(fresh.links.by_name)
+    assert {"tapforeign", "br-ex", "uplink0", stray_tap} <= set(fresh.links.by_name)
     assert fresh.events.types() == ["port.vif_plugged"]  # a waiting build is never stuck
     assert fresh.metric("reconcile_total", action="removed_device") == 3
+
+
+def test_a_corrupt_record_stops_every_deletion(rig: Rig) -> None:
+    gone = port()
+    rig.create(gone)
+    rig.delete(gone)
+    rig.links.add_tap(tap(gone))
+    (rig.store.directory / f"{uuid.uuid4()}.json").write_text("{not json")
+    fresh = rig.restart()
+    report = fresh.manager.reconcile()
+    assert report.removed_devices == ()
+    assert tap(gone) in fresh.links.by_name
 
 
 def test_reconcile_prunes_old_tombstones(tmp_path: Path) -> None:
