@@ -32,7 +32,7 @@ import structlog
 
 from common.errors import InvalidMessage
 from common.journal import Entry, Journal
-from common.messages import Message, envelope, open_envelope
+from common.messages import DesiredState, Message, envelope, open_envelope
 from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
@@ -249,6 +249,58 @@ class Heartbeat:
                 log.warning("heartbeat_failed", error=str(err))
             if self._stop.wait(self._interval):
                 return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+class Resync:
+    """After start, ask the controller what this host should have, and apply the answer.
+
+    Runs on its own thread once the agent serves, so a controller that is down delays
+    nothing: it asks again every `interval` seconds, at most `attempts` times, and then
+    leaves the level-triggered re-drive of the controller to close any gap. `apply`
+    acts only on what the answer proves (ports released, instances deleted) and on
+    what it adds; what is merely absent from it is left alone.
+    """
+
+    def __init__(
+        self,
+        ask: Callable[[], DesiredState],
+        apply: Callable[[DesiredState], Mapping[str, int]],
+        interval: float = 5.0,
+        attempts: int = 12,
+    ) -> None:
+        self._ask = ask
+        self._apply = apply
+        self._interval = interval
+        self._attempts = attempts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resync", daemon=True)
+        self.result: Mapping[str, int] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        for attempt in range(1, self._attempts + 1):
+            try:
+                desired = self._ask()
+            except Exception as err:  # no controller yet, a timeout: ask again later
+                log.info("resync_unanswered", attempt=attempt, error=str(err)[:200])
+                if self._stop.wait(self._interval):
+                    return
+                continue
+            try:
+                self.result = self._apply(desired)
+            except Exception as err:
+                log.exception("resync_failed", error=str(err))
+                return
+            log.info("resync_done", **dict(self.result))
+            return
+        log.warning("resync_given_up", attempts=self._attempts)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()

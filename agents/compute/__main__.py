@@ -26,8 +26,9 @@ from common import logging as logging_mod
 from common.cli import daemon_parser, load_daemon_config
 from common.errors import AgentsError
 from common.journal import Journal
+from common.messages import DesiredState, DesiredStateRequest
 from common.metrics import Registry
-from common.rpc import Messaging
+from common.rpc import Messaging, expect
 from common.service import run
 from common.workers import KeyedSerialExecutor
 
@@ -35,6 +36,15 @@ PROG = "compute-agent"
 # One sender batching everything queued beat two here (2 cores, GIL): 175-211 against
 # 167-172 builds/s at concurrency 10; one channel also keeps every event in order.
 NOTIFY_SENDERS = 1
+
+
+def ask_desired(messaging: Messaging, host: str) -> DesiredState:
+    reply = messaging.controller_client(timeout=5).call(
+        "desired_state", DesiredStateRequest(host=host, kind="compute")
+    )
+    desired = expect(reply, DesiredState)
+    assert isinstance(desired, DesiredState)
+    return desired
 
 
 def load_config(args: argparse.Namespace) -> ComputeConfig:
@@ -94,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_listen=config.metrics.listen,
         heartbeat_interval=settings.heartbeat_interval,
         reload_config=reload_config,
+        ask_desired=lambda: ask_desired(messaging, host),
     )
     return run(service, name="compute-agent", grace=settings.stop_grace)
 

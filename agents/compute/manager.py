@@ -16,6 +16,7 @@ read the host's truth (libvirt) through `records`. It must not import libvirt, q
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from common.messages import (
     BuildInstance,
     ConsoleLog,
     DeleteInstance,
+    DesiredState,
     InstanceInfo,
     InstanceList,
     InstanceRef,
@@ -60,6 +62,7 @@ from common.messages import (
     PingReply,
     RebootInstance,
     VifEvent,
+    new_request_id,
     salvage_uuid,
 )
 from common.rpc import InvalidPayload, expect, expected_errors
@@ -281,6 +284,27 @@ class ComputeManager(AgentEndpoint):
                 memory_mb=memory_mb,
             ),
         )
+
+    def apply_desired(self, desired: DesiredState) -> dict[str, int]:
+        """Resync: delete what the controller says was deleted and this host still has;
+        report what it wants and this host lacks (its own re-drive builds that, with
+        the operation's ids). Nothing merely absent from the answer is touched."""
+        deleted = missing = 0
+        rid = new_request_id()
+        for uuid in desired.deleted_instances:
+            domain = self.hv.get(uuid)
+            ours = domain is not None and read_record(domain) is not None
+            if ours or self.table.get(uuid) is not None:
+                msg = DeleteInstance(request_id=rid, host=self.host, instance_uuid=uuid)
+                self._cancel_build(msg)
+                work = functools.partial(self._delete_work, msg, self.clock(), Ticket(None, None))
+                self.intake.executor.submit(uuid, work)
+                deleted += 1
+        for spec in desired.instances:
+            if self.hv.get(spec.uuid) is None and self.table.get(spec.uuid) is None:
+                log.warning("resync_instance_missing", instance_uuid=str(spec.uuid))
+                missing += 1
+        return {"instances_deleted": deleted, "instances_missing": missing}
 
     def healthy(self) -> bool:
         return self.hv.alive()

@@ -22,6 +22,8 @@ import structlog
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.manager import ComputeManager, VifEventEndpoint
 from agents.compute.reporter import Reporter
+from common.agent import Resync
+from common.messages import DesiredState
 from common.metrics import Registry
 from common.rpc import COMPUTE_TOPIC, Messaging, RpcServer, vif_events_topic
 
@@ -39,6 +41,7 @@ class ComputeService:
         metrics_listen: str,
         heartbeat_interval: float,
         reload_config: Callable[[], None],
+        ask_desired: Callable[[], DesiredState] | None = None,
     ) -> None:
         self.manager = manager
         self.hypervisor = hypervisor
@@ -48,6 +51,8 @@ class ComputeService:
         self.metrics_listen = metrics_listen
         self.heartbeat_interval = heartbeat_interval
         self._reload_config = reload_config
+        self._ask_desired = ask_desired
+        self._resync: Resync | None = None
         self._rpc: RpcServer | None = None
         self._listener: RpcServer | None = None
         self._stop_heartbeat = threading.Event()
@@ -72,6 +77,9 @@ class ComputeService:
         log.info("metrics_serving", listen=self.metrics_listen, port=self.metrics_port)
         self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         self._heartbeat.start()
+        if self._ask_desired is not None:
+            self._resync = Resync(self._ask_desired, self.manager.apply_desired)
+            self._resync.start()
         log.info("compute_agent_started", host=host, version=self.manager.version)
 
     def _beat(self) -> None:
@@ -84,6 +92,8 @@ class ComputeService:
                 return
 
     def stop(self, grace: float) -> None:
+        if self._resync is not None:
+            self._resync.stop()
         if self._rpc is not None:
             # No new cast is taken; wait() returns once every cast already taken (and
             # acked by the broker) has passed the endpoint into the journal and queue.

@@ -138,6 +138,17 @@ class L2Manager:
         with self._lock:
             return self._records.get(port_id)
 
+    def remove_released_tap(self, port_id: UUID) -> bool:
+        """The controller says this port was released, and no record of ours explains its
+        tap: the tap is proven unwanted. Returns whether one was deleted."""
+        if self.record(port_id) is not None:
+            return False  # our own record decides (a port_deleted for it is queued)
+        tap = names.tap_name(port_id)
+        deleted = self._wiring.remove_tap(tap)
+        if deleted:
+            log.info("released_tap_removed", device=tap, port_id=str(port_id))
+        return deleted
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             out = {"wired": 0, "down": 0, "failed": 0, "pending": 0}

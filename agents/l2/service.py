@@ -21,8 +21,15 @@ from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from agents.l2.netlink import LinkEvent, LinkEvents
 from agents.l2.store import PortStore
-from common.agent import Heartbeat
-from common.messages import AgentHeartbeat, PingReply
+from common.agent import Heartbeat, Resync
+from common.messages import (
+    AgentHeartbeat,
+    DesiredState,
+    PingReply,
+    PortCreated,
+    PortDeleted,
+    new_request_id,
+)
 from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
@@ -53,6 +60,7 @@ class L2Agent:
         reload_log_level: Callable[[], None] | None = None,
         on_close: Callable[[], None] | None = None,
         replay: Callable[[], int] | None = None,
+        ask_desired: Callable[[], DesiredState] | None = None,
     ) -> None:
         self.manager = manager
         self._executor = executor
@@ -67,6 +75,8 @@ class L2Agent:
         self._reload = reload_log_level
         self._on_close = on_close
         self._replay = replay
+        self._ask_desired = ask_desired
+        self._resync: Resync | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._stopping = threading.Event()
@@ -93,10 +103,15 @@ class L2Agent:
         self._server.start()
         self._beat = Heartbeat(self.heartbeat, self._interval, name="l2-heartbeat")
         self._beat.start()
+        if self._ask_desired is not None:
+            self._resync = Resync(self._ask_desired, self.apply_desired)
+            self._resync.start()
         log.info("l2_agent_started", host=self.manager.host, version=self.version)
 
     def stop(self, grace: float) -> None:
         self._stopping.set()
+        if self._resync is not None:
+            self._resync.stop()
         if self._server is not None:
             # No new message is taken from here on; wait() returns once every message
             # already taken (acknowledged by the broker on arrival) has passed through
@@ -116,6 +131,35 @@ class L2Agent:
         self._store.close()
         if self._on_close is not None:
             self._on_close()
+
+    def apply_desired(self, desired: DesiredState) -> dict[str, int]:
+        """Resync: wire what the controller wants and this host lacks; unwire what it
+        released. Each goes through the port's own queue, behind any message for it."""
+        added = released = 0
+        now_ = time.monotonic()
+        rid = new_request_id()
+        for port in desired.ports:
+            record = self.manager.record(port.id)
+            if record is None or record.wanted != "present":
+                msg = PortCreated(request_id=rid, host=self.manager.host, port=port)
+                self._executor.submit(
+                    port.id, functools.partial(self.manager.port_created, msg, now_)
+                )
+                added += 1
+        for port_id in desired.released_ports:
+            record = self.manager.record(port_id)
+            if record is not None and record.wanted == "present":
+                gone = PortDeleted(request_id=rid, host=self.manager.host, port_id=port_id)
+                self._executor.submit(
+                    port_id, functools.partial(self.manager.port_deleted, gone, now_)
+                )
+                released += 1
+            elif record is None:
+                self._executor.submit(
+                    port_id, functools.partial(self.manager.remove_released_tap, port_id)
+                )
+                released += 1
+        return {"ports_added": added, "ports_released": released}
 
     def healthy(self) -> bool:
         return self._events is not None and self._events.alive()

@@ -369,6 +369,12 @@ class Wiring:
                 self._remove(link.name, removed)
         return removed, kept
 
+    def remove_tap(self, name: str) -> bool:
+        """Delete one tap (proven unwanted by the caller); False when it was not there."""
+        removed: list[str] = []
+        self._remove(name, removed)
+        return bool(removed)
+
     def _remove(self, name: str, removed: list[str]) -> None:
         try:
             if self._links.delete(name):
