@@ -5,11 +5,17 @@ What it owns:
   from our typed `MessagingSettings`;
 - RPC servers and clients on the per-host targets of docs/design.md (topic `compute` or
   `l2-agent`, server = host), casts sent with the mandatory flag so a cast to a host
-  nobody ever served fails instead of vanishing (docs/platform.md);
-- notifiers (driver messagingv2) and notification listeners;
+  nobody ever served fails instead of vanishing (docs/platform.md); and the
+  deployment-wide target of the controller (topic `controller`, host None: every
+  replica serves it, `Messaging.controller_client()` calls it);
+- notifications (oslo's messagingv2 wire) published and consumed with kombu, so that
+  every `<topic>.<priority>` queue this project declares carries its own bounds
+  (`x-max-length`, `x-message-ttl`): oslo's Notifier and notification listener declare
+  those queues without arguments, and RabbitMQ refuses a redeclare with other
+  arguments (PRECONDITION_FAILED), so the two cannot share a queue with bounds;
 - `EventWatcher`: a kombu consumer on an exclusive, auto-delete queue bound to the
-  notification exchange, for a transient watcher (agentctl) that must see every event
-  and leave nothing behind;
+  notification exchange, for a transient watcher that must see every event and leave
+  nothing behind; `EventConsumer`: a durable shared queue acknowledged after handling;
 - `ModelSerializer`: wire models become envelopes on the way out and are validated
   again on the way in.
 
@@ -32,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kombu
+import structlog
 
 # oslo.messaging imports eventlet through oslo.service/futurist, which warns that eventlet
 # is deprecated at import; nothing here uses or monkey-patches eventlet (docs/platform.md), so
@@ -53,9 +60,27 @@ from common.errors import (
 )
 from common.messages import Message, envelope, is_envelope, open_envelope
 
+log = structlog.get_logger()
+
 COMPUTE_TOPIC = "compute"
 L2_TOPIC = "l2-agent"
-AGENT_KINDS = {COMPUTE_TOPIC: "compute-agent", L2_TOPIC: "l2-agent"}
+# Served by every agents-controller replica of a deployment (host None): the agents'
+# resync call `desired_state` (docs/api.md, "Agents' side").
+CONTROLLER_TOPIC = "controller"
+AGENT_KINDS = {
+    COMPUTE_TOPIC: "compute-agent",
+    L2_TOPIC: "l2-agent",
+    CONTROLLER_TOPIC: "agents-controller",
+}
+
+# Bounds of every notification queue `<topic>.<priority>` this module declares (the
+# values tools/install.sh's broker policy used to set): the oldest message is dropped
+# past the length, and a message waits at most the TTL. A vif event older than an hour
+# is of no use to a build (its vif wait ended long before); agent events are consumed
+# from the controller's own queue (`EventConsumer`), never from these.
+NOTIFY_QUEUE_MAX_LENGTH = 10_000
+NOTIFY_QUEUE_TTL_S = 3600
+NOTIFY_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 
 
 def vif_events_topic(host: str) -> str:
@@ -135,28 +160,10 @@ class RpcServer:
         self._server.wait()
 
 
-class _Context(dict[str, Any]):
-    """A request context oslo's Notifier keeps: it drops plain dicts (`_sanitize_context`)."""
-
-    def redacted_copy(self) -> dict[str, Any]:
-        return dict(self)
-
-
-class Notifier:
-    def __init__(self, notifier: Any) -> None:
-        self._notifier = notifier
-
-    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
-        self._notifier.info(_Context(request_id=request_id), event_type, payload)
-
-    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
-        self._notifier.error(_Context(request_id=request_id), event_type, payload)
-
-
 class RpcClient:
-    """Client for one agent kind on one host."""
+    """Client for one agent kind on one host, or (host None) for a deployment-wide target."""
 
-    def __init__(self, client: Any, topic: str, host: str, timeout: float) -> None:
+    def __init__(self, client: Any, topic: str, host: str | None, timeout: float) -> None:
         self._client = client
         self.topic = topic
         self.host = host
@@ -166,12 +173,16 @@ class RpcClient:
     def kind(self) -> str:
         return AGENT_KINDS.get(self.topic, self.topic)
 
+    @property
+    def _where(self) -> str:
+        return self.host if self.host is not None else "any"
+
     def cast(self, method: str, message: Message, request_id: str | None = None) -> None:
         try:
             self._client.cast({"request_id": request_id}, method, payload=message)
         except oslo_messaging.MessageUndeliverable as err:
             raise NoAgentForHost(
-                kind=self.kind, host=self.host, problem="no queue for it on the broker"
+                kind=self.kind, host=self._where, problem="no queue for it on the broker"
             ) from err
         except oslo_messaging.MessageDeliveryFailure as err:
             raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
@@ -183,26 +194,33 @@ class RpcClient:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Any:
+        """Call `method`; the reply comes back validated (a Message, or InvalidPayload).
+
+        Raises NoAgentForHost (nobody ever served the target), RemoteCallTimeout,
+        BrokerUnreachable, or RemoteError (the endpoint raised; `remote_type` names the
+        exception class, e.g. "InvalidMessage" for a request it refused).
+        """
         client = self._client.prepare(timeout=timeout or self.timeout)
         kwargs: dict[str, Any] = {} if message is None else {"payload": message}
         try:
             return client.call({"request_id": request_id}, method, **kwargs)
         except oslo_messaging.MessagingTimeout as err:
             raise RemoteCallTimeout(
-                kind=self.kind, host=self.host, method=method, timeout=timeout or self.timeout
+                kind=self.kind, host=self._where, method=method, timeout=timeout or self.timeout
             ) from err
         except oslo_messaging.MessageUndeliverable as err:
             raise NoAgentForHost(
-                kind=self.kind, host=self.host, problem="no queue for it on the broker"
+                kind=self.kind, host=self._where, problem="no queue for it on the broker"
             ) from err
         except oslo_messaging.MessageDeliveryFailure as err:
             raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
         except oslo_messaging.RemoteError as err:
             raise RemoteError(
                 kind=self.kind,
-                host=self.host,
+                host=self._where,
                 method=method,
                 problem=f"{err.exc_type}: {err.value}",
+                remote_type=err.exc_type,
             ) from err
 
 
@@ -233,10 +251,10 @@ class Messaging:
             self.conf.set_override("executor_thread_pool_size", dispatch_threads)
         self.serializer = ModelSerializer()
         self._rpc_transport: Any = None
-        self._notify_transport: Any = None
+        self._notifiers: list[Notifier] = []
         self._lock = threading.Lock()
 
-    # transports are opened lazily: agentctl commands that only watch need just one
+    # the transport is opened lazily: a process that only notifies never needs it
     @property
     def rpc_transport(self) -> Any:
         with self._lock:
@@ -246,37 +264,56 @@ class Messaging:
                 )
             return self._rpc_transport
 
-    @property
-    def notify_transport(self) -> Any:
-        with self._lock:
-            if self._notify_transport is None:
-                self._notify_transport = oslo_messaging.get_notification_transport(
-                    self.conf, url=self.settings.transport_url
-                )
-            return self._notify_transport
+    def _target(self, topic: str, host: str | None) -> Any:
+        """The per-host target, or (host None) the deployment-wide one.
 
-    def rpc_server(self, topic: str, host: str, endpoints: Iterable[object]) -> RpcServer:
-        target = oslo_messaging.Target(topic=topic, server=host)
+        oslo needs a server name on a server's target, and names a topic's own queue
+        `<topic>` whatever the exchange, so a topic queue would be shared by every
+        deployment on the broker. The deployment-wide target therefore uses the control
+        exchange as its server name: every replica of one deployment consumes
+        `<topic>.<control_exchange>`, and another deployment never answers for it.
+        """
+        return oslo_messaging.Target(
+            topic=topic, server=host if host is not None else self.settings.control_exchange
+        )
+
+    def rpc_server(self, topic: str, host: str | None, endpoints: Iterable[object]) -> RpcServer:
+        """Serve `endpoints` on `topic` for `host`; host None: deployment-wide (replicas
+        share the work, any one of them answers a call)."""
         server = oslo_messaging.get_rpc_server(
             self.rpc_transport,
-            target,
+            self._target(topic, host),
             list(endpoints),
             serializer=self.serializer,
             access_policy=oslo_messaging.DefaultRPCAccessPolicy,
         )
         return RpcServer(server)
 
-    def rpc_client(self, topic: str, host: str, timeout: float | None = None) -> RpcClient:
-        target = oslo_messaging.Target(topic=topic, server=host)
+    def rpc_client(self, topic: str, host: str | None, timeout: float | None = None) -> RpcClient:
         client = oslo_messaging.get_rpc_client(
             self.rpc_transport,
-            target,
+            self._target(topic, host),
             serializer=self.serializer,
             timeout=timeout or self.settings.rpc_timeout,
             retry=None if self.settings.send_retry < 0 else self.settings.send_retry,
             transport_options=oslo_messaging.TransportOptions(at_least_once=True),
         )
         return RpcClient(client, topic, host, timeout or self.settings.rpc_timeout)
+
+    def controller_client(self, timeout: float | None = None) -> RpcClient:
+        """A client of this deployment's agents-controller (any replica answers).
+
+        The agents' resync on start::
+
+            reply = messaging.controller_client(10).call(
+                "desired_state", DesiredStateRequest(host=host, kind="compute"))
+            state = expect(reply, DesiredState)
+
+        NoAgentForHost: no controller ever ran in this deployment (no queue);
+        RemoteCallTimeout: none is running now; RemoteError: it refused the request
+        (`remote_type` "InvalidMessage") or could not read its database.
+        """
+        return self.rpc_client(CONTROLLER_TOPIC, None, timeout)
 
     def fanout_cast(self, topic: str, method: str, request_id: str | None = None) -> None:
         """Cast `method` (no payload) to every live server of `topic`.
@@ -299,15 +336,11 @@ class Messaging:
             raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
 
     def notifier(self, publisher_id: str, topic: str) -> Notifier:
-        notifier = oslo_messaging.Notifier(
-            self.notify_transport,
-            publisher_id=publisher_id,
-            driver="messagingv2",
-            topics=[topic],
-            serializer=self.serializer,
-            retry=None if self.settings.send_retry < 0 else self.settings.send_retry,
-        )
-        return Notifier(notifier)
+        """Notifications on `topic`, one at a time, confirmed by the broker (thread-safe)."""
+        notifier = Notifier(self.settings, publisher_id, topic)
+        with self._lock:
+            self._notifiers.append(notifier)
+        return notifier
 
     def batch_notifier(self, publisher_id: str, topic: str) -> BatchNotifier:
         return BatchNotifier(self.settings, publisher_id, topic)
@@ -319,32 +352,125 @@ class Messaging:
         pool: str | None = None,
         allow_requeue: bool = False,
     ) -> RpcServer:
-        targets = [oslo_messaging.Target(topic=t) for t in topics]
-        listener = oslo_messaging.get_notification_listener(
-            self.notify_transport,
-            targets,
-            list(endpoints),
-            serializer=self.serializer,
-            allow_requeue=allow_requeue,
-            pool=pool,
+        """Consume notifications of `topics` like oslo's listener (same endpoint methods:
+        `info(ctxt, publisher_id, event_type, payload, metadata)`, ...), from bounded
+        queues; one thread, in order of arrival, acknowledged after the endpoints ran."""
+        return RpcServer(
+            NotificationListener(
+                self.settings,
+                topics,
+                endpoints,
+                serializer=self.serializer,
+                pool=pool,
+                allow_requeue=allow_requeue,
+            )
         )
-        return RpcServer(listener)
 
     def event_watcher(self, routing_keys: Iterable[str]) -> EventWatcher:
         return EventWatcher(self.settings, routing_keys)
 
     def close(self) -> None:
         with self._lock:
-            for transport in (self._rpc_transport, self._notify_transport):
-                if transport is not None:
-                    transport.cleanup()
-            self._rpc_transport = self._notify_transport = None
+            if self._rpc_transport is not None:
+                self._rpc_transport.cleanup()
+            self._rpc_transport = None
+            notifiers, self._notifiers = self._notifiers, []
+        for notifier in notifiers:
+            notifier.close()
 
 
 # --------------------------------------------------------------------------- kombu side
 
 # (priority "info" | "error", event type, payload, request id)
 Notification = tuple[str, str, Message, str | None]
+
+
+def _durable(settings: MessagingSettings) -> bool:
+    return settings.durable_queues or settings.queue_type == "quorum"
+
+
+def _exchange(settings: MessagingSettings) -> kombu.Exchange:
+    """The control exchange, declared exactly as oslo declares it (topic, durable as its
+    queues): a redeclare with other flags would be refused."""
+    return kombu.Exchange(
+        settings.control_exchange, type="topic", durable=_durable(settings), auto_delete=False
+    )
+
+
+def bounded_queue_args(
+    settings: MessagingSettings,
+    max_length: int = NOTIFY_QUEUE_MAX_LENGTH,
+    ttl_s: float = NOTIFY_QUEUE_TTL_S,
+) -> dict[str, Any]:
+    """Arguments of a queue that cannot grow without bound while nobody consumes it."""
+    args: dict[str, Any] = {"x-max-length": max_length, "x-message-ttl": int(ttl_s * 1000)}
+    if settings.queue_type == "quorum":
+        args["x-queue-type"] = "quorum"
+    return args
+
+
+def notification_queue(settings: MessagingSettings, key: str) -> kombu.Queue:
+    """The queue `<topic>.<priority>` as every publisher and listener here declares it."""
+    exchange = _exchange(settings)
+    return kombu.Queue(
+        name=key,
+        exchange=exchange,
+        routing_key=key,
+        durable=_durable(settings),
+        auto_delete=False,
+        queue_arguments=bounded_queue_args(settings),
+    )
+
+
+def _is_precondition_failed(err: BaseException) -> bool:
+    return getattr(err, "code", None) == 406 or "PRECONDITION_FAILED" in str(err)
+
+
+def declare_queue(conn: Any, queue: kombu.Queue) -> bool:
+    """Declare `queue` with its exchange and bindings on a channel of its own.
+
+    True when it now carries the arguments asked for. A queue of that name declared
+    earlier with other arguments (by a release that let oslo declare it, or by hand)
+    makes RabbitMQ refuse the declare (406 PRECONDITION_FAILED, which closes the
+    channel); that queue is then used as it is, bound like the one asked for, and a
+    warning names it (delete it while nothing publishes to it, and the next declare
+    bounds it). False then. Any other error propagates.
+    """
+    channel = conn.channel()
+    try:
+        queue.bind(channel).declare()
+        return True
+    except Exception as err:
+        if not _is_precondition_failed(err):
+            raise
+        problem = str(err)
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    channel = conn.channel()
+    try:
+        channel.queue_declare(queue=queue.name, passive=True)
+        exchanges = {b.exchange.name: b.exchange for b in queue.bindings if b.exchange}
+        if queue.exchange is not None and queue.exchange.name:
+            exchanges[queue.exchange.name] = queue.exchange
+        for exchange in exchanges.values():
+            exchange.bind(channel).declare()
+        if queue.exchange is not None and queue.exchange.name and queue.routing_key:
+            channel.queue_bind(queue.name, queue.exchange.name, queue.routing_key)
+        for b in queue.bindings:
+            if b.exchange is not None:
+                channel.queue_bind(queue.name, b.exchange.name, b.routing_key or "")
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
+    log.warning(
+        "queue_not_bounded",
+        queue=queue.name,
+        problem=problem,
+        hint="declared earlier with other arguments; delete it (rabbitmqctl delete_queue)"
+        " while its consumer is stopped and it is redeclared with bounds",
+    )
+    return False
 
 
 class BatchNotifier:
@@ -356,31 +482,30 @@ class BatchNotifier:
     Python per event. This sends a batch on one channel in confirm mode and waits once
     for the acks (RabbitMQ acks with multiple=True). Any nack, lost connection or
     timeout publishes the whole batch again, in its order, on a fresh connection: at
-    least once, never reordered on its channel; after `send_retry` attempts it raises.
+    least once, never reordered on its channel; after `send_retry` attempts it raises
+    BrokerUnreachable.
 
     Same wire as oslo: the control exchange (topic, durable as oslo declares it),
-    routing key `<topic>.<priority>`, the queue of that name declared like oslo's
-    Notifier does (docs/platform.md), body {"oslo.version": "2.0", "oslo.message": json},
-    so oslo notification listeners and EventWatcher read it unchanged.
-    Not thread-safe: one per sending thread.
+    routing key `<topic>.<priority>`, body {"oslo.version": "2.0", "oslo.message": json},
+    so `NotificationListener`, `EventConsumer` and `EventWatcher` read it. The queue
+    `<topic>.<priority>` is declared before the first publish, as oslo's Notifier does
+    (a notification published before any consumer declared its queue waits there), but
+    with bounds (`bounded_queue_args`): nobody may consume it.
+    Not thread-safe: one per sending thread (or `Notifier`, which locks).
     """
 
     def __init__(self, settings: MessagingSettings, publisher_id: str, topic: str) -> None:
         self._settings = settings
         self.publisher_id = publisher_id
         self.topic = topic
-        quorum = settings.queue_type == "quorum"
-        self._durable = settings.durable_queues or quorum
-        self._queue_args = {"x-queue-type": "quorum"} if quorum else {}
-        self._exchange = kombu.Exchange(
-            settings.control_exchange, type="topic", durable=self._durable, auto_delete=False
-        )
+        self._exchange = _exchange(settings)
         self._conn: Any = None
         self._channel: Any = None
         self._declared: set[str] = set()
         self._outstanding: set[int] = set()
         self._nacked = False
         self._next_tag = 1
+        self.unbounded: set[str] = set()  # queues found declared without our bounds
 
     def publish(self, batch: Sequence[Notification], timeout: float = 10.0) -> None:
         """Publish `batch` in order and return once the broker confirmed all of it."""
@@ -398,7 +523,9 @@ class BatchNotifier:
                         url=self._settings.transport_url.split("@")[-1],
                         problem=f"{type(err).__name__}: {err}",
                     ) from err
-                time.sleep(min(2 ** (attempts - 1), 4))  # oslo's 1, 2, 4 s backoff
+                # The first retry goes at once (the usual cause is a connection the
+                # broker closed while idle); then oslo's 1, 2, 4 s backoff.
+                time.sleep(0 if attempts == 1 else min(2 ** (attempts - 2), 4))
 
     def _connect(self) -> None:
         self._conn = kombu.Connection(
@@ -431,15 +558,9 @@ class BatchNotifier:
         for priority, event_type, payload, request_id in batch:
             key = f"{self.topic}.{priority}"
             if key not in self._declared:
-                kombu.Queue(
-                    name=key,
-                    exchange=self._exchange,
-                    routing_key=key,
-                    durable=self._durable,
-                    auto_delete=False,
-                    queue_arguments=self._queue_args,
-                    channel=channel,
-                ).declare()
+                # on a channel of its own: a refused declare must not close this one
+                if not declare_queue(self._conn, notification_queue(self._settings, key)):
+                    self.unbounded.add(key)
                 self._declared.add(key)
             message = {
                 "message_id": str(uuid.uuid4()),
@@ -482,6 +603,36 @@ class BatchNotifier:
         self._drop()
 
 
+class Notifier:
+    """Notifications one at a time, each confirmed by the broker before `info` returns.
+
+    What oslo's messagingv2 Notifier did, with two differences: the queue it declares
+    is bounded (see BatchNotifier), and a notification that could not be published
+    after `[messaging] send_retry` attempts raises BrokerUnreachable instead of being
+    logged and dropped. Thread-safe (one connection, used under a lock).
+    """
+
+    def __init__(self, settings: MessagingSettings, publisher_id: str, topic: str) -> None:
+        self._publisher = BatchNotifier(settings, publisher_id, topic)
+        self._lock = threading.Lock()
+
+    @property
+    def unbounded(self) -> set[str]:
+        return self._publisher.unbounded
+
+    def info(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        with self._lock:
+            self._publisher.publish([("info", event_type, payload, request_id)])
+
+    def error(self, event_type: str, payload: Message, request_id: str | None = None) -> None:
+        with self._lock:
+            self._publisher.publish([("error", event_type, payload, request_id)])
+
+    def close(self) -> None:
+        with self._lock:
+            self._publisher.close()
+
+
 def _kombu_url(transport_url: str) -> str:
     """oslo's `rabbit://u:p@h1:5672,u:p@h2:5672/vhost` as kombu's failover list.
 
@@ -509,6 +660,29 @@ def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
         raise BrokerUnreachable(url=shown, problem=str(err) or type(err).__name__) from err
     except Exception as err:  # amqp raises many kinds (AccessRefused, ...); all mean "no"
         raise BrokerUnreachable(url=shown, problem=f"{type(err).__name__}: {err}") from err
+
+
+def delete_queues(
+    transport_url: str, queues: Iterable[str], exchange: str | None = None, timeout: float = 3.0
+) -> None:
+    """Delete `queues` and then `exchange` where they exist (test and lab clean-up).
+
+    What is already gone is fine, and so is a broker that is down. Deletes only what
+    it is told: other deployments share the broker.
+    """
+    with (
+        contextlib.suppress(Exception),
+        kombu.Connection(_kombu_url(transport_url), connect_timeout=timeout) as conn,
+    ):
+        channel: Any = conn.channel()
+        for queue in queues:
+            try:
+                channel.queue_delete(queue)
+            except Exception:  # a channel error closes the channel: take a new one
+                channel = conn.channel()
+        if exchange:
+            with contextlib.suppress(Exception):
+                channel.exchange_delete(exchange)
 
 
 @dataclass(frozen=True)
@@ -663,6 +837,116 @@ class RetryLater(Exception):
     down); it goes back to the queue and is offered again after a pause."""
 
 
+class _QueueConsumer:
+    """Consume `queues` on one thread, reconnecting; each declared by `declare_queue`.
+
+    `on_message(body, message)` acks, requeues or rejects each message itself.
+    """
+
+    def __init__(
+        self,
+        settings: MessagingSettings,
+        queues: Sequence[kombu.Queue],
+        on_message: Callable[[Any, Any], None],
+        *,
+        prefetch: int,
+        name: str,
+    ) -> None:
+        from kombu.mixins import ConsumerMixin
+
+        self.queues = list(queues)
+        self.name = name
+        self.unbounded: set[str] = set()  # queues found declared without our bounds
+        outer = self
+
+        class _Mixin(ConsumerMixin):  # type: ignore[misc]
+            def __init__(self, connection: Any) -> None:
+                self.connection = connection
+                self.consuming = threading.Event()
+                self.last_error = ""
+
+            def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
+                # Declared here, on every (re)connect, each on a channel of its own; the
+                # consumer itself then declares nothing (a refused redeclare of an
+                # older unbounded queue would close the consuming channel).
+                ready = []
+                for queue in outer.queues:
+                    if not declare_queue(channel.connection, queue):
+                        outer.unbounded.add(queue.name)
+                    q = queue.bind(channel)
+                    q.no_declare = True
+                    ready.append(q)
+                return [
+                    consumer_cls(
+                        queues=ready,
+                        callbacks=[on_message],
+                        accept=["json"],
+                        prefetch_count=prefetch,
+                    )
+                ]
+
+            def on_consume_ready(self, connection: Any, channel: Any, consumers: Any) -> None:
+                self.consuming.set()
+
+            def on_connection_error(self, exc: BaseException, interval: float) -> None:
+                self.consuming.clear()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "broker_connect_failed",
+                    consumer=outer.name,
+                    error=self.last_error,
+                    retry_in_s=interval,
+                )
+
+        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
+        self._mixin = _Mixin(self._conn)
+        self._thread: threading.Thread | None = None
+
+    def start(self, ready_timeout: float | None = None) -> None:
+        """Consume; return once consuming. Without `ready_timeout` it waits for the broker
+        as long as it takes (a daemon's start: READY comes after, and SIGTERM interrupts
+        the wait), saying why every 10 s; with one, BrokerUnreachable after it."""
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        names = ", ".join(q.name for q in self.queues)
+        waited = 0.0
+        while not self._mixin.consuming.wait(10.0 if ready_timeout is None else ready_timeout):
+            waited += 10.0
+            if ready_timeout is not None:
+                raise BrokerUnreachable(
+                    url=str(self._conn.as_uri()).split("@")[-1],
+                    problem=f"could not consume {names} within {ready_timeout:.0f}s"
+                    + (f" ({self._mixin.last_error})" if self._mixin.last_error else ""),
+                )
+            log.warning(
+                "waiting_for_broker", consumer=names, waited_s=waited, error=self._mixin.last_error
+            )
+
+    def _run(self) -> None:
+        # kombu's loop reconnects after connection errors; a channel error (a queue
+        # deleted under it, a refused declare) ends it: start again after a pause.
+        while not self._mixin.should_stop:
+            try:
+                self._mixin.run()
+            except Exception as err:
+                self._mixin.consuming.clear()
+                log.warning("consumer_restarting", consumer=self.name, error=str(err))
+                time.sleep(1.0)
+
+    def consuming(self) -> bool:
+        return self._mixin.consuming.is_set()
+
+    def stop(self) -> None:
+        """Take no new message; the one in hand is finished (see wait())."""
+        self._mixin.should_stop = True
+
+    def wait(self, timeout: float = 5.0) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with contextlib.suppress(Exception):
+            self._conn.release()
+
+
 class EventConsumer:
     """A durable, shared queue of notifications, acknowledged after the handler ran.
 
@@ -692,57 +976,22 @@ class EventConsumer:
         prefetch: int = 64,
         retry_pause: float = 1.0,
     ) -> None:
-        from kombu.mixins import ConsumerMixin
-
         self._handler = handler
         self._on_error = on_error
         self._retry_pause = retry_pause
         self._stop = threading.Event()
-        exchange = kombu.Exchange(
-            settings.control_exchange,
-            type="topic",
-            durable=settings.durable_queues or settings.queue_type == "quorum",
-        )
-        arguments: dict[str, Any] = {
-            "x-max-length": max_length,
-            "x-message-ttl": int(ttl_s * 1000),
-        }
-        if settings.queue_type == "quorum":
-            arguments["x-queue-type"] = "quorum"
+        exchange = _exchange(settings)
         self.queue = kombu.Queue(
             name=queue_name,
             exchange=exchange,
             bindings=[kombu.binding(exchange, routing_key=key) for key in routing_keys],
             durable=True,
             auto_delete=False,
-            queue_arguments=arguments,
+            queue_arguments=bounded_queue_args(settings, max_length, ttl_s),
         )
-        outer = self
-
-        class _Mixin(ConsumerMixin):  # type: ignore[misc]
-            def __init__(self, connection: Any) -> None:
-                self.connection = connection
-                self.consuming = threading.Event()
-
-            def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
-                return [
-                    consumer_cls(
-                        queues=[outer.queue],
-                        callbacks=[outer._on_message],
-                        accept=["json"],
-                        prefetch_count=prefetch,
-                    )
-                ]
-
-            def on_consume_ready(self, connection: Any, channel: Any, consumers: Any) -> None:
-                self.consuming.set()
-
-            def on_connection_error(self, exc: BaseException, interval: float) -> None:
-                self.consuming.clear()
-
-        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
-        self._mixin = _Mixin(self._conn)
-        self._thread: threading.Thread | None = None
+        self._consumer = _QueueConsumer(
+            settings, [self.queue], self._on_message, prefetch=prefetch, name="events"
+        )
 
     def _on_message(self, body: Any, message: Any) -> None:
         event = decode_notification(body)
@@ -762,22 +1011,143 @@ class EventConsumer:
             self._on_error(err, event)
         message.ack()
 
-    def start(self, ready_timeout: float = 10.0) -> None:
-        self._thread = threading.Thread(target=self._mixin.run, name="events", daemon=True)
-        self._thread.start()
-        if not self._mixin.consuming.wait(ready_timeout):
-            raise BrokerUnreachable(
-                url=str(self._conn.as_uri()).split("@")[-1],
-                problem=f"could not consume {self.queue.name} within {ready_timeout:.0f}s",
-            )
+    def start(self, ready_timeout: float | None = None) -> None:
+        self._consumer.start(ready_timeout)
 
     def consuming(self) -> bool:
-        return self._mixin.consuming.is_set()
+        return self._consumer.consuming()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        self._mixin.should_stop = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with contextlib.suppress(Exception):
-            self._conn.release()
+        self._consumer.stop()
+        self._consumer.wait(timeout)
+
+
+class NotificationListener:
+    """oslo's notification listener, on kombu, from queues that carry their own bounds.
+
+    Consumes `<topic>.<priority>` for every topic and every priority some endpoint has
+    a method for (oslo's rule), declared as publishers here declare them
+    (`notification_queue`); with `pool`, one queue of that name bound to all those keys.
+    Each message goes to every endpoint's method of its priority, with oslo's
+    arguments `(ctxt, publisher_id, event_type, payload, metadata)`: `ctxt` is the
+    request context (`request_id`), `payload` the validated Message (or InvalidPayload),
+    `metadata` {"message_id", "timestamp"}. One thread, in order of arrival; a message
+    is acknowledged after its endpoints returned, so a crash mid-way gets it again;
+    after stop() no message reaches an endpoint (those delivered meanwhile go back to
+    the queue).
+    An endpoint that raises is logged and the message acknowledged (requeued after a
+    pause when `allow_requeue`); one returning "requeue" (oslo's
+    NotificationResult.REQUEUE) is requeued when `allow_requeue`.
+    """
+
+    def __init__(
+        self,
+        settings: MessagingSettings,
+        topics: Iterable[str],
+        endpoints: Iterable[object],
+        *,
+        serializer: ModelSerializer | None = None,
+        pool: str | None = None,
+        allow_requeue: bool = False,
+        retry_pause: float = 1.0,
+    ) -> None:
+        self._endpoints = list(endpoints)
+        self._serializer = serializer or ModelSerializer()
+        self._allow_requeue = allow_requeue
+        self._retry_pause = retry_pause
+        self._stopping = threading.Event()
+        priorities = [
+            p
+            for p in NOTIFY_PRIORITIES
+            if any(callable(getattr(e, p, None)) for e in self._endpoints)
+        ]
+        keys = [f"{t}.{p}" for t in topics for p in priorities]
+        if not keys:
+            raise ValueError("no endpoint has a method for any notification priority")
+        if pool is None:
+            queues = [notification_queue(settings, key) for key in keys]
+        else:
+            exchange = _exchange(settings)
+            queues = [
+                kombu.Queue(
+                    name=pool,
+                    exchange=exchange,
+                    bindings=[kombu.binding(exchange, routing_key=key) for key in keys],
+                    durable=_durable(settings),
+                    auto_delete=False,
+                    queue_arguments=bounded_queue_args(settings),
+                )
+            ]
+        self._consumer = _QueueConsumer(
+            settings, queues, self._on_message, prefetch=64, name="notifications"
+        )
+
+    @property
+    def queues(self) -> list[str]:
+        return [q.name for q in self._consumer.queues]
+
+    @property
+    def unbounded(self) -> set[str]:
+        return self._consumer.unbounded
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        if self._stopping.is_set():
+            # Stopped: not taken. Left unacknowledged, it goes back to the queue when
+            # the connection closes (wait()) and waits for the next start.
+            return
+        try:
+            outer = body if isinstance(body, dict) else json.loads(body)
+            inner = outer.get("oslo.message")
+            msg = json.loads(inner) if isinstance(inner, str) else outer
+            if not isinstance(msg, dict) or "event_type" not in msg:
+                raise ValueError("no event_type")
+        except (ValueError, AttributeError, TypeError) as err:
+            log.warning("notification_unreadable", error=str(err))
+            message.ack()
+            return
+        key = str((message.delivery_info or {}).get("routing_key", ""))
+        priority = str(msg.get("priority") or key.rsplit(".", 1)[-1]).lower()
+        ctxt = {k[len("_context_") :]: v for k, v in msg.items() if k.startswith("_context_")}
+        payload = self._serializer.deserialize_entity(ctxt, msg.get("payload"))
+        metadata = {"message_id": msg.get("message_id"), "timestamp": msg.get("timestamp")}
+        requeue = False
+        for endpoint in self._endpoints:
+            method = getattr(endpoint, priority, None)
+            if not callable(method):
+                continue
+            try:
+                result = method(
+                    dict(ctxt),
+                    str(msg.get("publisher_id")),
+                    str(msg.get("event_type")),
+                    payload,
+                    metadata,
+                )
+            except Exception as err:
+                log.exception(
+                    "notification_endpoint_failed",
+                    event_type=msg.get("event_type"),
+                    error=str(err),
+                )
+                result = "requeue"
+            requeue = requeue or result == "requeue"
+        if requeue and self._allow_requeue:
+            # a requeued message comes back at once (docs/platform.md): pause first
+            if not self._stopping.wait(self._retry_pause):
+                message.requeue()
+            return
+        message.ack()
+
+    def start(self, ready_timeout: float | None = None) -> None:
+        self._consumer.start(ready_timeout)
+
+    def consuming(self) -> bool:
+        return self._consumer.consuming()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._consumer.stop()
+
+    def wait(self) -> None:
+        self._consumer.wait()

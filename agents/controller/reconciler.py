@@ -1,10 +1,15 @@
-"""Re-drive: operations that stall are cast again, and given up on with a reason.
+"""Re-drive and host sync: the controller's two level-triggered loops.
 
-Level-triggered: each pass asks the database which open operations have had no news
-for `redrive_after` seconds and casts them again with the same ids (the agents are
+Re-drive: each pass asks the database which open operations have had no news for
+`redrive_after` seconds and casts them again with the same ids (the agents are
 idempotent by uuid), or fails them once `operation_timeout` has passed or
 `max_attempts` casts went unanswered. A lost cast, a restarted agent or a broker that
 dropped a message all end the same way: done, or failed with a named reason.
+
+Host sync (`hostsync.HostSync`, every `host_sync_interval` seconds, on a thread of its
+own so a slow host never delays the re-drive): each live compute host's
+`list_instances` compared with the database; observed states and faults follow what
+the hosts have, nothing is cast.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import structlog
 from agents.controller.bus import Bus
 from agents.controller.db.engine import DatabaseError
 from agents.controller.db.store import Store
+from agents.controller.hostsync import HostSync
 from agents.controller.settings import ControllerSettings
 
 log = structlog.get_logger()
@@ -29,8 +35,10 @@ class Reconciler:
         self.store = store
         self.bus = bus
         self.settings = settings
+        self.host_sync = HostSync(store, bus, timeout=settings.host_sync_timeout)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._sync_thread: threading.Thread | None = None
         self.last_pass: float = time.monotonic()
         self._last_prune = 0.0
 
@@ -59,14 +67,29 @@ class Reconciler:
                 log.exception("reconcile_crashed", error=str(err))
             self.last_pass = time.monotonic()
 
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.settings.host_sync_interval):
+            try:
+                self.host_sync.run_once()
+            except DatabaseError as err:
+                log.error("host_sync_pass_failed", error=err.reason)
+            except Exception as err:  # the loop must outlive a bug in one pass
+                log.exception("host_sync_crashed", error=str(err))
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
         self._thread.start()
+        if self.settings.host_sync_interval > 0:
+            self._sync_thread = threading.Thread(
+                target=self._sync_loop, name="host-sync", daemon=True
+            )
+            self._sync_thread.start()
 
     def healthy(self) -> bool:
         return time.monotonic() - self.last_pass < max(60.0, 10 * self.settings.reconcile_interval)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._sync_thread):
+            if thread is not None:
+                thread.join(timeout)

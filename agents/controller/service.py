@@ -1,11 +1,13 @@
 """agents-controller as a daemon: start-up order, health, graceful stop.
 
 start(): database reachable and migrated -> networks from config -> broker side
-(casts, the durable event queue) -> reconciler -> HTTP API listening. READY=1 (sent
-by common.service.run) comes only after all of that. stop(grace): the API stops
-taking requests and finishes those in flight, then the reconciler and the consumer
-stop; nothing is failed on the way out: open operations stay in the database and the
-next controller (or this one, restarted) drives them on.
+(casts, the durable event queue, the RPC server agents call on topic `controller`:
+`desired_state`, see rpcapi.py) -> reconciler (re-drive, host sync) -> HTTP API
+listening. READY=1 (sent by common.service.run) comes only after all of that.
+stop(grace): the RPC server stops taking calls and the API stops taking requests,
+both finish those in flight, then the reconciler and the consumer stop; nothing is
+failed on the way out: open operations stay in the database and the next controller
+(or this one, restarted) drives them on.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from agents.controller.bus import Bus
 from agents.controller.db.engine import Database, DatabaseError
 from agents.controller.db.store import Store
 from agents.controller.reconciler import Reconciler
+from agents.controller.rpcapi import ControllerEndpoint
 from agents.controller.settings import ControllerConfig
 from common.errors import AgentsError
-from common.rpc import EventConsumer, Messaging, probe_broker
+from common.rpc import CONTROLLER_TOPIC, EventConsumer, Messaging, RpcServer, probe_broker
 
 log = structlog.get_logger()
 
@@ -57,6 +60,7 @@ class Controller:
         self.db: Database | None = None
         self.messaging: Messaging | None = None
         self.consumer: EventConsumer | None = None
+        self.rpc: RpcServer | None = None
         self.reconciler: Reconciler | None = None
         self.server: uvicorn.Server | None = None
         self._server_thread: threading.Thread | None = None
@@ -89,6 +93,14 @@ class Controller:
             bus.on_bad_event,
         )
         self.consumer.start()
+        # Agents ask for their desired state on start; every replica serves the one
+        # deployment-wide queue, any of them answers.
+        self.rpc = self.messaging.rpc_server(
+            CONTROLLER_TOPIC,
+            None,
+            [ControllerEndpoint(store, self.settings.events_retention_days)],
+        )
+        self.rpc.start()
         self.reconciler = Reconciler(store, bus, self.settings)
         self.reconciler.start()
 
@@ -145,10 +157,14 @@ class Controller:
             self._reload_log_level()
 
     def stop(self, grace: float) -> None:
+        if self.rpc is not None:
+            self.rpc.stop()  # no new call is taken; another replica answers it
         if self.server is not None:
             self.server.should_exit = True
         if self._server_thread is not None:
             self._server_thread.join(timeout=grace + 1)
+        if self.rpc is not None:
+            self.rpc.wait()
         if self.reconciler is not None:
             self.reconciler.stop()
         if self.consumer is not None:

@@ -49,6 +49,13 @@ class ControllerSettings(Section):
     operation_timeout: Seconds = 600.0
     # How often the reconciler looks for stalled operations.
     reconcile_interval: Seconds = 2.0
+    # How often each live compute host is asked what it has (list_instances) and the
+    # observed states made to match: a guest gone or stopped behind the agents' back
+    # shows as error / shutoff with a fault. 0 disables it.
+    host_sync_interval: Annotated[float, Field(ge=0, le=86400)] = 30.0
+    # Bound of each host's answer in that sync; a host that does not answer in time is
+    # skipped until the next pass.
+    host_sync_timeout: Annotated[float, Field(gt=0, le=120)] = 5.0
     # Bound of a proxied RPC call (console log).
     call_timeout: Annotated[float, Field(gt=0, le=600)] = 10.0
     # Upper bound of `count` in one create request.

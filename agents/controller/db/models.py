@@ -171,3 +171,18 @@ class IdempotencyKey(Base):
     request_id: Mapped[str] = mapped_column(String(128))
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime]
+
+
+class ReleasedPort(Base):
+    """A port whose row was deleted (its instance deleted or its build failed), kept for
+    the events retention so a restarted l2-agent can be told it is gone for sure
+    (`DesiredState.released_ports`). No foreign keys: it outlives what it names."""
+
+    __tablename__ = "released_ports"
+    __table_args__ = (Index("ix_released_ports_host_released_at", "host", "released_at"),)
+
+    id: Mapped[str] = mapped_column(Uuid, primary_key=True)
+    host: Mapped[str] = mapped_column(String(253))
+    network_id: Mapped[str] = mapped_column(Uuid)
+    instance_uuid: Mapped[str] = mapped_column(Uuid)
+    released_at: Mapped[datetime] = mapped_column(index=True)

@@ -8,19 +8,62 @@ applying it once (states are set, not toggled; a finished operation stays finish
 Returns the casts the report makes necessary: when a guest is gone (delete finished,
 or a build failed), its ports are unwired and their addresses released here, after
 the guest, never before it.
+
+`apply_listing` takes a host's whole answer to `list_instances` (the controller's
+level-triggered host sync) and makes the observed states match it; it never asks a
+host to change anything.
 """
 
 from __future__ import annotations
 
 import uuid as uuidlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from agents.controller.db.models import Agent, Instance, Operation, Port
-from agents.controller.db.store import Cast, Store, utcnow
-from common.messages import AgentHeartbeat, InstanceEvent, Message, MessageRejected, VifEvent
+from agents.controller.db import views
+from agents.controller.db.models import Agent, Instance, Operation, Port, ReleasedPort
+from agents.controller.db.store import OPEN_STATES, Cast, Store, utcnow
+from common.messages import (
+    AgentHeartbeat,
+    InstanceEvent,
+    InstanceInfo,
+    Message,
+    MessageRejected,
+    VifEvent,
+)
+
+# The faults the host sync sets; it clears only its own.
+STOPPED_OUTSIDE = "stopped outside agents"
+GONE_PREFIX = "the guest is gone from host "
+
+
+def gone_fault(host: str) -> str:
+    return f"{GONE_PREFIX}{host} (not built or removed outside agents)"
+
+
+@dataclass
+class SyncChange:
+    uuid: str
+    name: str
+    old: str
+    new: str
+    fault: str | None
+
+
+@dataclass
+class ListingReport:
+    """What a host's listing changed, and what it listed that is not ours to change."""
+
+    changed: list[SyncChange] = field(default_factory=list)
+    skipped: int = 0  # busy (open operation) or changed since the host was asked
+    foreign: list[str] = field(default_factory=list)  # unknown to the database
+    deleted: list[str] = field(default_factory=list)  # deleted here, still on the host
+    elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (uuid, db host)
+    failed: list[str] = field(default_factory=list)  # in state error here (a failed build)
 
 
 @dataclass
@@ -78,6 +121,9 @@ class Records:
     def _vif(self, s: Session, event_type: str, ev: VifEvent) -> Applied:
         port = s.get(Port, str(ev.port_id))
         inst_uuid = port.instance_uuid if port else _str(ev.instance_uuid)
+        if inst_uuid is None:  # released already (a vif_unplugged follows the release)
+            released = s.get(ReleasedPort, str(ev.port_id))
+            inst_uuid = released.instance_uuid if released is not None else None
         inst = s.get(Instance, inst_uuid) if inst_uuid else None
         op = self._operation(s, inst, ev.request_id, None)
         if port is not None:
@@ -155,10 +201,17 @@ class Records:
         if inst is None or inst.deleted_at is not None:
             return applied  # not ours, or gone: the timeline keeps the report, nothing else
         if op is None:
-            # No operation of ours is in flight: a late report of a finished one, or the
-            # host speaking for itself (a guest crashed, a start-up reconcile). Only a
-            # plain observation is taken over; it ends nothing.
-            if phase not in ("end", "error") and ev.state is not None and inst.task is None:
+            # No operation of ours is in flight: a late report of a finished one (a
+            # duplicate cast's `create.start` after the create ended must not set the
+            # instance back to building), or the host speaking for itself (a state
+            # change found by the agent). Only such a plain observation is taken over.
+            lifecycle = kind in ("create", "delete", "reboot")
+            if (
+                not lifecycle
+                and phase not in ("end", "error")
+                and ev.state is not None
+                and (inst.task is None)
+            ):
                 inst.state = ev.state
                 inst.updated_at = now
             return applied
@@ -196,6 +249,121 @@ class Records:
             self.store.finish_operation(s, op, now, "error", reason, inst)
         return applied
 
+    # ------------------------------------------------------------------ host sync
+
+    def apply_listing(
+        self,
+        host: str,
+        listed: Iterable[InstanceInfo],
+        asked_at: datetime,
+        margin_s: float = 5.0,
+    ) -> ListingReport:
+        """Make the observed state of `host`'s instances what its listing says.
+
+        `asked_at`: when `list_instances` was sent. Only instances with no open
+        operation and no change since `asked_at - margin_s` are compared (anything
+        newer may be missing from, or differ in, a listing taken before it happened;
+        the next pass sees it). An instance the host does not list goes to `error`
+        with a fault naming the host; one listed in another state takes that state
+        (running -> shutoff/crashed sets the fault "stopped outside agents"). Each
+        change is a timeline event `instance.sync` (source controller). An instance
+        this sync set to error that the host lists again takes its listed state back.
+        What the host lists that is not a live instance of that host here is only
+        reported.
+        """
+        seen = {str(i.uuid): i for i in listed}
+        quiet_before = asked_at - timedelta(seconds=margin_s)
+
+        def work(s: Session) -> ListingReport:
+            report = ListingReport()
+            now = utcnow()
+            rows = list(
+                s.scalars(
+                    select(Instance)
+                    .where(Instance.host == host, Instance.deleted_at.is_(None))
+                    .order_by(Instance.uuid)
+                    .with_for_update()
+                )
+            )
+            busy = set(
+                s.scalars(
+                    select(Operation.instance_uuid).where(
+                        Operation.host == host, Operation.state.in_(OPEN_STATES)
+                    )
+                )
+            )
+            for inst in rows:
+                info = seen.pop(inst.uuid, None)
+                if inst.uuid in busy or inst.task is not None or inst.state == "deleting":
+                    report.skipped += 1
+                    continue
+                if views.utc(inst.updated_at) > quiet_before:
+                    report.skipped += 1
+                    continue
+                change = self._compare(inst, info, host)
+                if change is None:
+                    if info is not None and inst.state == "error":
+                        report.failed.append(inst.uuid)
+                    continue
+                old = inst.state
+                inst.state, inst.fault, inst.updated_at = change[0], change[1], now
+                self.store.add_event(
+                    s,
+                    now,
+                    None,
+                    inst,
+                    source="controller",
+                    event="instance.sync",
+                    host=host,
+                    step=f"{old} -> {inst.state}",
+                    state=inst.state,
+                    reason=inst.fault
+                    or f"host {host} lists it {inst.state}, the database had {old}",
+                )
+                report.changed.append(SyncChange(inst.uuid, inst.name, old, inst.state, inst.fault))
+            if seen:
+                known = {
+                    row.uuid: row
+                    for row in s.scalars(select(Instance).where(Instance.uuid.in_(list(seen))))
+                }
+                for uuid in sorted(seen):
+                    row = known.get(uuid)
+                    if row is None:
+                        report.foreign.append(uuid)
+                    elif row.deleted_at is not None:
+                        report.deleted.append(uuid)
+                    else:
+                        report.elsewhere.append((uuid, row.host))
+            return report
+
+        return self.store.db.retrying(work)
+
+    @staticmethod
+    def _compare(
+        inst: Instance, info: InstanceInfo | None, host: str
+    ) -> tuple[str, str | None] | None:
+        """(state, fault) the instance should take, or None to leave it."""
+        ours = inst.fault is not None and inst.fault.startswith(GONE_PREFIX)
+        if info is None:
+            if inst.state in ("error", "deleted"):
+                return None
+            return "error", gone_fault(host)
+        if inst.state == "error" and not ours:
+            return None  # a failed build: the host still has something; reported only
+        new = info.state
+        if new in ("deleting", "deleted") or (new == inst.state and not ours):
+            return None
+        fault = inst.fault
+        if ours:
+            fault = None  # the guest is back
+        if new == "error":
+            fault = info.fault or f"host {host} reports it in error"
+        elif inst.state == "running" and new in ("shutoff", "crashed"):
+            fault = STOPPED_OUTSIDE
+        elif new == "running" and fault == STOPPED_OUTSIDE:
+            fault = None
+        return new, fault
+
     def _operation(
         self, s: Session, inst: Instance | None, request_id: str | None, kind: str | None
     ) -> Operation | None:
@@ -216,4 +384,4 @@ def _str(value: uuidlib.UUID | None) -> str | None:
     return None if value is None else str(value)
 
 
-__all__ = ["Applied", "Records", "datetime"]
+__all__ = ["Applied", "ListingReport", "Records", "SyncChange", "datetime", "gone_fault"]

@@ -37,11 +37,13 @@ from agents.controller.db.models import (
     Network,
     Operation,
     Port,
+    ReleasedPort,
 )
 from common.config import Flavor, NetworkSpec
 from common.messages import (
     BuildInstance,
     DeleteInstance,
+    DesiredState,
     InstanceSpec,
     Message,
     PortCreated,
@@ -499,8 +501,12 @@ class Store:
                     self._give_up(s, op, inst, now, reason)
                     failed.append(op.id)
                     continue
-                if op.state == "pending" and views.utc(op.updated_at) > now - timedelta(seconds=1):
-                    continue  # its first cast is being published right now
+                if op.state == "pending" and views.utc(op.updated_at) > now - timedelta(
+                    seconds=min(redrive_after, 10.0)
+                ):
+                    # its first cast may still be on its way out (a busy controller
+                    # publishes after its commit); a second copy now would only race it
+                    continue
                 op.updated_at = now  # claimed: not picked again before redrive_after
                 casts += self.casts_for(s, op)
             return casts, failed
@@ -537,6 +543,18 @@ class Store:
             )
             for p in ports
         ]
+        # Kept for the events retention: a restarted l2-agent is told these are gone.
+        for p in ports:
+            if s.get(ReleasedPort, p.id) is None:
+                s.add(
+                    ReleasedPort(
+                        id=p.id,
+                        host=p.host,
+                        network_id=p.network_id,
+                        instance_uuid=p.instance_uuid,
+                        released_at=now,
+                    )
+                )
         s.execute(delete(Port).where(Port.instance_uuid == inst.uuid))
         return casts
 
@@ -568,20 +586,14 @@ class Store:
             )
             for p in ports
         ]
-        spec = InstanceSpec(
-            uuid=uuidlib.UUID(inst.uuid),
-            name=inst.name,
-            flavor=inst.flavor,
-            image=inst.image,
-            ports=ports,
-            created_at=views.utc(inst.created_at),
-        )
         casts.append(
             Cast(
                 "compute",
                 inst.host,
                 "build_instance",
-                BuildInstance(request_id=inst.request_id, host=inst.host, instance=spec),
+                BuildInstance(
+                    request_id=inst.request_id, host=inst.host, instance=_spec(inst, ports)
+                ),
                 op_id,
             )
         )
@@ -593,6 +605,95 @@ class Store:
                 select(Port).where(Port.instance_uuid == instance_uuid).order_by(Port.position)
             )
         )
+
+    # ------------------------------------------------------------------ resync
+
+    def desired_state(self, host: str, kind: AgentKind, retention_days: float) -> DesiredState:
+        """What `host`'s agent of `kind` should have, and what it is known to have lost.
+
+        compute: `instances` = every instance of the host that is neither deleted, nor
+        failed (state error), nor being deleted (its delete is re-driven by the
+        reconciler, so it is in neither list), each as build_instance carries it;
+        `deleted_instances` = the host's instances deleted within `retention_days`, and
+        those whose create failed (their ports and addresses are released).
+        l2: `ports` = every port row of the host; `released_ports` = the host's ports
+        released within `retention_days`. Nothing else is known to be gone: an agent
+        must leave alone what is merely absent from both lists.
+        """
+        since = utcnow() - timedelta(days=retention_days)
+        with self.db.reading() as s:
+            if kind == "compute":
+                live = list(
+                    s.scalars(
+                        select(Instance)
+                        .where(
+                            Instance.host == host,
+                            Instance.deleted_at.is_(None),
+                            Instance.state.not_in(("error", "deleting", "deleted")),
+                            or_(Instance.task.is_(None), Instance.task != "delete"),
+                        )
+                        .order_by(Instance.created_at, Instance.uuid)
+                    )
+                )
+                by_instance: dict[str, list[WirePort]] = {}
+                uuids = [i.uuid for i in live]
+                for start in range(0, len(uuids), 500):
+                    for p in s.scalars(
+                        select(Port)
+                        .where(Port.instance_uuid.in_(uuids[start : start + 500]))
+                        .order_by(Port.position)
+                    ):
+                        by_instance.setdefault(p.instance_uuid, []).append(views.wire_port(p))
+                deleted = s.scalars(
+                    select(Instance.uuid)
+                    .where(
+                        Instance.host == host,
+                        Instance.deleted_at.is_not(None),
+                        Instance.deleted_at >= since,
+                    )
+                    .order_by(Instance.deleted_at, Instance.uuid)
+                )
+                # A create that failed or was given up released its ports and addresses:
+                # a guest built late for it (a cast still queued for a stopped agent)
+                # would run on addresses given to someone else. It is as gone as a
+                # deleted one.
+                failed = s.scalars(
+                    select(Instance.uuid)
+                    .where(
+                        Instance.host == host,
+                        Instance.deleted_at.is_(None),
+                        Instance.state == "error",
+                        ~select(Port.id).where(Port.instance_uuid == Instance.uuid).exists(),
+                    )
+                    .order_by(Instance.updated_at, Instance.uuid)
+                )
+                return DesiredState(
+                    host=host,
+                    kind="compute",
+                    instances=[_spec(i, by_instance.get(i.uuid, [])) for i in live],
+                    deleted_instances=[uuidlib.UUID(u) for u in [*deleted, *failed]],
+                )
+            ports = s.scalars(
+                select(Port).where(Port.host == host).order_by(Port.instance_uuid, Port.position)
+            )
+            released = s.scalars(
+                select(ReleasedPort.id)
+                .where(ReleasedPort.host == host, ReleasedPort.released_at >= since)
+                .order_by(ReleasedPort.released_at, ReleasedPort.id)
+            )
+            return DesiredState(
+                host=host,
+                kind="l2",
+                ports=[views.wire_port(p) for p in ports],
+                released_ports=[uuidlib.UUID(r) for r in released],
+            )
+
+    def live_hosts(self, kind: AgentKind) -> list[str]:
+        """Hosts whose agent of `kind` sent a heartbeat within agent_down_time."""
+        now = utcnow()
+        with self.db.reading() as s:
+            agents = s.scalars(select(Agent).where(Agent.kind == kind).order_by(Agent.host))
+            return [a.host for a in agents if self._alive(a, now)]
 
     # ------------------------------------------------------------------ timeline
 
@@ -778,9 +879,26 @@ class Store:
     def prune_events(self, older_than_days: float) -> int:
         cutoff = utcnow() - timedelta(days=older_than_days)
         with self.db.writing() as s:
-            result = s.execute(delete(Event).where(Event.recorded_at < cutoff))
-            keys = s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
-            return int(getattr(result, "rowcount", 0) or 0) + int(getattr(keys, "rowcount", 0) or 0)
+            pruned = 0
+            for stmt in (
+                delete(Event).where(Event.recorded_at < cutoff),
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff),
+                delete(ReleasedPort).where(ReleasedPort.released_at < cutoff),
+            ):
+                pruned += int(getattr(s.execute(stmt), "rowcount", 0) or 0)
+            return pruned
+
+
+def _spec(inst: Instance, ports: list[WirePort]) -> InstanceSpec:
+    """The instance as build_instance carries it (and a compute resync lists it)."""
+    return InstanceSpec(
+        uuid=uuidlib.UUID(inst.uuid),
+        name=inst.name,
+        flavor=inst.flavor,
+        image=inst.image,
+        ports=ports,
+        created_at=views.utc(inst.created_at),
+    )
 
 
 def _request_id() -> str:

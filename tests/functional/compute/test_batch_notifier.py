@@ -19,11 +19,11 @@ from typing import Any
 import kombu
 import pytest
 
+from agents.lab.procs import unique
 from common.config import MessagingSettings
 from common.messages import InstanceEvent
 from common.rpc import EventWatcher, Messaging
 from tests.conftest import BrokerScope
-from tests.hosts import unique
 
 
 @pytest.fixture

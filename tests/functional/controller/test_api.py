@@ -60,9 +60,14 @@ def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[tuple[TestClient,
     Records(store).apply(
         "agent.heartbeat",
         AgentHeartbeat(
-            host=host, kind="compute", version="t", started_at=datetime.now(UTC), uptime_s=1,
-            vcpus=8, memory_mb=4096,
-        ),  # fmt: skip
+            host=host,
+            kind="compute",
+            version="t",
+            started_at=datetime.now(UTC),
+            uptime_s=1,
+            vcpus=8,
+            memory_mb=4096,
+        ),
     )
     with TestClient(make_app(ctx)) as client:
         client.host_name = host  # type: ignore[attr-defined]

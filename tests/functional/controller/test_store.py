@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, text, update
 
 from agents.controller import errors, ipam
 from agents.controller.db.engine import Database
-from agents.controller.db.models import Base, Operation, Port
+from agents.controller.db.models import Base, Instance, Operation, Port, ReleasedPort
 from agents.controller.db.records import Records
 from agents.controller.db.store import CreateRequest, Store
 from common.config import Flavor, NetworkSpec
@@ -41,7 +42,11 @@ NET = NetworkSpec(
     allocation_end=IPv4Address("10.10.0.250"),
 )
 SMALL = NetworkSpec(
-    name="small", uuid=uuid.uuid4(), type="vxlan", segmentation_id=7, cidr=IPv4Network("10.9.0.0/29")
+    name="small",
+    uuid=uuid.uuid4(),
+    type="vxlan",
+    segmentation_id=7,
+    cidr=IPv4Network("10.9.0.0/29"),
 )
 TINY = Flavor(name="m1.tiny", vcpus=1, memory_mb=128)
 
@@ -142,7 +147,10 @@ def test_addresses_never_clash_under_concurrency(store: Store) -> None:
 def test_the_database_refuses_a_second_owner_of_an_address(store: Store) -> None:
     heartbeat(store, "node1")
     first = store.create(request(["a"], host="node1")).response["instances"][0]
-    with pytest.raises(Exception, match="uq_ports_network_ip|UNIQUE|unique"), store.db.writing() as s:
+    with (
+        pytest.raises(Exception, match="uq_ports_network_ip|UNIQUE|unique"),
+        store.db.writing() as s,
+    ):
         s.add(
             Port(
                 id=str(uuid.uuid4()),
@@ -328,3 +336,69 @@ def test_a_mac_clash_is_retried_with_a_fresh_choice(store: Store) -> None:
     second = store.create(request(["b"], host="node1")).response["instances"][0]
     assert second["ports"][0]["mac"] != first_mac
     assert len({p["mac"] for p in store.ports()}) == 2
+
+
+def test_migration_0002_upgrades_a_database_that_holds_data(database_url: str) -> None:
+    """0001 with instances, ports, operations and events in it -> head: all kept."""
+    db = Database(database_url)
+    try:
+        db.upgrade("0001")
+        assert db.current_revision() == "0001"
+        old = Store(db, agent_down_time=60)
+        old.sync_networks([NET])
+        heartbeat(old, "node1")
+        # what a 0001 controller wrote (a create never touches released_ports)
+        acc = old.create(request(["web", "db"], host="node1"))
+        rid = acc.response["request_id"]
+        uuids = [i["uuid"] for i in acc.response["instances"]]
+        with db.reading() as s:
+            before = {
+                t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                for t in ("instances", "ports", "operations", "events", "agents", "networks")
+            }
+        db.upgrade()
+        assert db.current_revision() == "0002" == Database.head_revision()
+        with db.reading() as s:
+            after = {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in before}
+        assert after == before
+        with db.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # and the new table is written from now on
+        store = Store(db, agent_down_time=60)
+        Records(store).apply("instance.create.error", _inst(uuids[0], rid, reason="boom"))
+        assert [str(p) for p in store.desired_state("node1", "l2", 14).released_ports] == [
+            p["id"] for p in acc.response["instances"][0]["ports"]
+        ]
+        with db.engine.begin() as conn:  # and back down
+            command.downgrade(db._alembic(conn), "0001")
+        assert db.current_revision() == "0001"
+        with db.reading() as s:
+            assert s.execute(text("SELECT count(*) FROM instances")).scalar() == 2
+    finally:
+        db.close()
+
+
+def test_released_ports_are_recorded_and_pruned_with_the_events(store: Store) -> None:
+    heartbeat(store, "node1")
+    acc = store.create(request(["web"], host="node1"))
+    rid, inst = acc.response["request_id"], acc.response["instances"][0]
+    Records(store).apply("instance.create.end", _inst(inst["uuid"], rid, state="running"))
+    drid = store.delete("web").response["request_id"]
+    Records(store).apply("instance.delete.end", _inst(inst["uuid"], drid, state="deleted"))
+    with store.db.reading() as s:
+        rows = list(s.scalars(select(ReleasedPort)))
+    assert [(r.id, r.host, r.network_id, r.instance_uuid) for r in rows] == [
+        (inst["ports"][0]["id"], "node1", str(NET.uuid), inst["uuid"])
+    ]
+    desired = store.desired_state("node1", "compute", retention_days=14)
+    assert [str(u) for u in desired.deleted_instances] == [inst["uuid"]]
+    # older than the retention: no longer listed, and pruned with the events
+    old = datetime.now(UTC) - timedelta(days=20)
+    with store.db.writing() as s:
+        s.execute(update(ReleasedPort).values(released_at=old))
+        s.execute(update(Instance).values(deleted_at=old))
+    assert store.desired_state("node1", "l2", retention_days=14).released_ports == []
+    assert store.desired_state("node1", "compute", retention_days=14).deleted_instances == []
+    store.prune_events(14)
+    with store.db.reading() as s:
+        assert list(s.scalars(select(ReleasedPort))) == []
