@@ -346,7 +346,7 @@ def _qemu_pids(marker: str) -> list[int]:
 
 
 def bench_tcg(args: argparse.Namespace) -> None:
-    from tests.hosts import NamespaceHost
+    from agents.lab.netns import NamespaceHost
 
     script = REPO / "tools" / "build-guest-image.sh"
     subprocess.run([str(script)], check=True, capture_output=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End-to-end build latency as an operator sees it: agentctl to a guest that answers.
 
-One simulated host made by the e2e lab (tests/e2e/lab.py: a network namespace with the
+A lab (agents/lab: agents-controller on SQLite, one host = a network namespace with the
 broker relayed in, the real l2-agent and compute-agent as processes, qemu:///embed, the
 flat network `provider` on a veth whose far end is the gateway). It builds N real TCG
 guests one after the other with `agentctl send build --wait` and deletes each once it
@@ -9,12 +9,13 @@ answers, so one guest runs at a time. Per guest, seconds after agentctl was star
 
   port wired      port.vif_plugged seen by a watcher on the lab's exchange
   guest started   instance.create.progress step guest_started (QEMU running)
-  guest ready     AGENTS-GUEST-READY first seen in get_console_log (polled every 0.25 s)
+  guest ready     AGENTS-GUEST-READY first seen in the console log (the controller's
+                  console-log API, polled every 0.25 s)
   host ping       the host's first answered ping to the guest (tried every 0.25 s)
   agentctl done   `send build --wait` returned
 
-agentctl's own start-up (Python, oslo.messaging: about 1.5 s) is inside every figure;
-the first guest also pays libvirt's capability probe of a fresh embed root (about 4 s).
+agentctl's own start-up (about 60 ms) is inside every figure; the first guest also pays
+libvirt's capability probe of a fresh embed root (about 4 s).
 
 Usage (root): .venv/bin/python bench/e2e_timings.py [-n 3]
 """
@@ -22,22 +23,20 @@ Usage (root): .venv/bin/python bench/e2e_timings.py [-n 3]
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from uuid import UUID
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agents.lab.lab import Lab
+from agents.lab.links import provider_uplink
+from agents.lab.procs import REPO, broker_available, run, wait_for
 from common.config import BaseConfig, load
 from common.rpc import vif_events_topic
-from tests.conftest import BrokerScope, _cleanup
-from tests.e2e.lab import Lab, provider_uplink
 from tests.e2e.observe import ConsoleWatch, EventRecorder
-from tests.hosts import REPO, broker_available, run, unique, wait_for
 
 PHASES = ("port wired", "guest started", "guest ready", "host ping", "agentctl done")
 
@@ -52,29 +51,25 @@ def main() -> int:
     image_dir = REPO / ".cache" / "guest-image"
     run(["bash", str(REPO / "tools" / "build-guest-image.sh"), str(image_dir)])
 
-    scope = BrokerScope(exchange=unique("bench-"), suffix=unique(""))
-    host = scope.host("bench")
-    lab_dir = Path(tempfile.mkdtemp(prefix="ae2b-", dir="/tmp"))  # short: QEMU socket paths
-    lab = Lab(dir=lab_dir, exchange=scope.exchange, image_dir=image_dir)
+    lab = Lab.create(prefix="ae2b-", image_dir=image_dir)  # /tmp: short QEMU socket paths
     rows: list[dict[str, float]] = []
     try:
+        controller = lab.start_controller()
         node = lab.add_host(
-            "node1",
-            host,
-            unique("e2eb-"),
+            "bench",
+            driver="qemu",
+            agents=(),
             l2={"l2": {"physical_interface_mappings": "physnet1:phys1"}},
         )
-        config = load(BaseConfig, [lab.write_ctl_config()[0]])
+        host = node.host
+        config = load(BaseConfig, [lab.write_shared()])
         provider = config.networks["provider"]
         provider_uplink(node, "phys1", f"{provider.gateway}/{provider.cidr.prefixlen}")  # type: ignore[union-attr]
         for agent in ("l2-agent", "compute-agent"):
             node.start(agent)
-        wait_for(
-            lambda: lab.agentctl("list", "--host", host).returncode == 0, 60, 0.5, what="agents"
-        )
         settings = config.messaging
         keys = [f"{settings.events_topic}.*", f"{vif_events_topic(host)}.*"]
-        with EventRecorder(settings, keys) as events, ConsoleWatch(settings) as consoles:
+        with EventRecorder(settings, keys) as events, ConsoleWatch(controller) as consoles:
             for i in range(args.n):
                 name = f"b{i}"
                 sent = time.monotonic()
@@ -87,7 +82,7 @@ def main() -> int:
                 inst = doc["instances"][0]
                 uuid, ip = UUID(inst["uuid"]), inst["ports"][0]["fixed_ip"]
                 port_id = UUID(inst["ports"][0]["id"])
-                consoles.add(host, uuid)
+                consoles.add(uuid)
                 ready = wait_for(lambda u=uuid: consoles.seen(u, "ready"), 120, 0.1, what="ready")
                 wait_for(lambda ip=ip: node.pings(ip, timeout=1), 60, 0.25, what="ping")
                 pinged = time.monotonic()
@@ -105,11 +100,9 @@ def main() -> int:
                 rows.append(row)
                 print(name, "  ".join(f"{k}={v:.2f}s" for k, v in row.items()), flush=True)
                 consoles.forget(uuid)
-                lab.agentctl_json("send", "delete", "--host", host, name, "--wait")
+                lab.agentctl_json("send", "delete", name, "--wait")
     finally:
         lab.close()
-        shutil.rmtree(lab_dir, ignore_errors=True)
-        _cleanup(scope)
 
     print(f"\n{len(rows)} guests, seconds after `agentctl send build` started:")
     print(f"{'phase':>14}  {'median':>7}  {'min':>6}  {'max':>6}")

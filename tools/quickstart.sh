@@ -1,18 +1,22 @@
 #!/bin/bash
-# Bring up one host on this machine, build one real guest on it, print how to reach it.
+# Bring up a controller and one host on this machine, build one real guest, print how to
+# reach it.
 #
-#   tools/quickstart.sh           up: set the machine up, build the guest image, start the
-#                                 host's agents in a network namespace, build guest "demo"
-#   tools/quickstart.sh --down    remove everything it made (agents, guest, namespace,
-#                                 broker queues, files); the machine set-up stays
+#   tools/quickstart.sh           up: set the machine up, build the guest image, start
+#                                 agents-controller and the host's agents, build guest
+#                                 "demo" through the controller (agentctl send build --wait)
+#   tools/quickstart.sh --down    remove everything it made (controller, agents, guest,
+#                                 namespace, broker queues, files); the machine set-up stays
 #
-# The host is the network namespace "agents-qs" serving host name "quickstart" on its
-# own control exchange "agents-quickstart", so it never mixes with a real deployment on
-# the same broker. Its l2-agent and compute-agent run with the systemd units' command
-# lines and configs rendered from etc/ (in /run/agents-quickstart/); the guest is a real
-# QEMU (TCG) guest on the flat network "provider" of etc/shared.conf, whose gateway
-# address sits on a veth inside the namespace. The same machinery runs the two-host
-# end-to-end test (tests/e2e/lab.py; docs/e2e.md).
+# agents-controller listens on 127.0.0.1:8780 (a free port if that is taken; the address
+# is printed) with its SQLite database in /run/agents-quickstart/controller/. The host is
+# the network namespace "agents-qs" serving host name "quickstart" on its own control
+# exchange "agents-quickstart", so it never mixes with a real deployment on the same
+# broker. Controller and agents run with the systemd units' command lines and configs
+# rendered from etc/ (in /run/agents-quickstart/etc/); the guest is a real QEMU (TCG)
+# guest on the flat network "provider" of etc/shared.conf, whose gateway address sits on
+# a veth inside the namespace. The same machinery (agents/lab/) runs the end-to-end and
+# functional tests and the benchmarks (docs/e2e.md).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,11 +30,11 @@ fi
 
 case "${1:-up}" in
     --down|down)
-        exec "$VENV/bin/python" -m tests.e2e.quickstart down
+        exec "$VENV/bin/python" -m agents.lab.quickstart down
         ;;
     up|--up) ;;
     -h|--help)
-        sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -48,6 +52,6 @@ fi
 tail -1 "$setup_log"
 rm -f "$setup_log"
 bash tools/build-guest-image.sh "${AGENTS_GUEST_IMAGE_DIR:-$REPO/.cache/guest-image}" >/dev/null
-# Its own session: the relays and agents it leaves running get no SIGHUP when this
-# terminal closes.
-exec setsid --wait "$VENV/bin/python" -W ignore -m tests.e2e.quickstart up
+# Its own session: the controller, relays and agents it leaves running get no SIGHUP when
+# this terminal closes.
+exec setsid --wait "$VENV/bin/python" -W ignore -m agents.lab.quickstart up

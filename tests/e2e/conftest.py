@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts import REPO, run
+from agents.lab.procs import REPO, run
 
 IMAGE_DIR = Path(os.environ.get("AGENTS_GUEST_IMAGE_DIR", REPO / ".cache" / "guest-image"))
 

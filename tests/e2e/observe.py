@@ -4,12 +4,12 @@ What it owns:
 - `EventRecorder`: a thread with a private exclusive queue on the lab's exchange
   (common.rpc.EventWatcher) keeping every instance/agent/vif event with the monotonic
   time it arrived, so a scenario can ask "when was this port wired?" afterwards;
-- `ConsoleWatch`: a thread that polls the compute-agents' `get_console_log` call for
-  the guests it was given and remembers when each console marker was first seen
-  (`AGENTS-GUEST-READY`, `AGENTS-PING ip=X ok`).
+- `ConsoleWatch`: a thread that polls the controller's console-log API (proxied to the
+  compute-agent) for the guests it was given and remembers when each console marker was
+  first seen (`AGENTS-GUEST-READY`, `AGENTS-PING ip=X ok`).
 
-What it must not do: act on the lab. It only reads, through the agents' own wire
-interface and a watcher queue that disappears with it.
+What it must not do: act on the lab. It only reads, through a watcher queue that
+disappears with it and the controller's read-only API.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from uuid import UUID
 
+from agents.lab.controller import LabController
+from agents.lab.procs import LabError
 from common.config import MessagingSettings
-from common.messages import ConsoleLog, InstanceRef
-from common.rpc import COMPUTE_TOPIC, Event, EventWatcher, Messaging
+from common.rpc import Event, EventWatcher
 
 _PING_OK = re.compile(r"AGENTS-PING ip=(?P<ip>[0-9.]+) ok")
 _READY = re.compile(r"AGENTS-GUEST-READY name=\S+ ip=(?P<ip>\S+)")
@@ -103,17 +104,17 @@ class EventRecorder:
 
 @dataclass
 class _Guest:
-    host: str
     uuid: UUID
     markers: dict[str, float] = field(default_factory=dict)
     text: str = ""
 
 
 class ConsoleWatch:
-    """Poll guests' console logs over RPC; remember when each marker first appeared."""
+    """Poll guests' console logs through the controller; remember when each marker first
+    appeared."""
 
-    def __init__(self, settings: MessagingSettings, interval: float = 0.25) -> None:
-        self._messaging = Messaging(settings)
+    def __init__(self, controller: LabController, interval: float = 0.25) -> None:
+        self._controller = controller
         self._interval = interval
         self._guests: dict[UUID, _Guest] = {}
         self._lock = threading.Lock()
@@ -127,34 +128,25 @@ class ConsoleWatch:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(10)
-        self._messaging.close()
 
-    def add(self, host: str, instance_uuid: UUID) -> None:
+    def add(self, instance_uuid: UUID) -> None:
         with self._lock:
-            self._guests[instance_uuid] = _Guest(host, instance_uuid)
+            self._guests[instance_uuid] = _Guest(instance_uuid)
 
     def forget(self, instance_uuid: UUID) -> None:
         with self._lock:
             self._guests.pop(instance_uuid, None)
 
     def _run(self) -> None:
-        clients = {}
         while not self._stop.wait(self._interval):
             with self._lock:
                 guests = list(self._guests.values())
             for guest in guests:
-                if guest.host not in clients:
-                    clients[guest.host] = self._messaging.rpc_client(
-                        COMPUTE_TOPIC, guest.host, timeout=5
-                    )
                 try:
-                    log = clients[guest.host].call(
-                        "get_console_log", InstanceRef(instance_uuid=guest.uuid)
-                    )
-                except Exception:  # an agent restarting: keep polling, the test has deadlines
+                    log = self._controller.get(f"/v1/instances/{guest.uuid}/console-log")
+                except LabError:  # an agent restarting: keep polling, the test has deadlines
                     continue
-                if isinstance(log, ConsoleLog):
-                    self._note(guest, log.text)
+                self._note(guest, str(log.get("text", "")))
 
     def _note(self, guest: _Guest, text: str) -> None:
         now = time.monotonic()

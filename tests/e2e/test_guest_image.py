@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts import NamespaceHost, unique, wait_for
+from agents.lab.netns import NamespaceHost
+from agents.lab.procs import unique, wait_for
 
 pytestmark = pytest.mark.e2e
 

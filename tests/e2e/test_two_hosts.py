@@ -2,11 +2,13 @@
 
 node1 and node2 are network namespaces, each running its own l2-agent and compute-agent
 as processes started with the systemd units' command lines and configs rendered from
-the etc/ samples (tests/e2e/lab.py). libvirt is qemu:///embed rooted in each host's
-directory, domain type qemu (TCG). The hosts share net1 (VXLAN 1001) over a veth
-underlay; node1 also has the flat network `provider`, its physnet mapped to a veth whose
-far end holds the gateway. Everything is driven with agentctl as a subprocess and checked
-with tools independent of the project (`ip`, `ping`, /proc) plus the agents' own calls.
+the etc/ samples, beside one agents-controller (SQLite) in the root namespace: the lab
+of agents/lab. libvirt is qemu:///embed rooted in each host's directory, domain type
+qemu (TCG). The hosts share net1 (VXLAN 1001) over a veth underlay; node1 also has the
+flat network `provider`, its physnet mapped to a veth whose far end holds the gateway.
+Everything is driven with agentctl as a subprocess against the lab's controller, and
+checked with tools independent of the project (`ip`, `ping`, /proc), a watcher on the
+broker, and the l2-agents' own records.
 
 Order: builds (item 3), flat network (4), restart of node1's agents (6), kill -9 of
 node2's l2-agent and its tap deleted (7), then delete everything (5), since items 6 and
@@ -15,9 +17,7 @@ node2's l2-agent and its tap deleted (7), then delete everything (5), since item
 
 from __future__ import annotations
 
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,13 +26,14 @@ from uuid import UUID
 
 import pytest
 
+from agents.lab.broker import BrokerScope
+from agents.lab.host import AGENTS, LabHost
+from agents.lab.lab import Lab
+from agents.lab.links import provider_uplink, underlay
+from agents.lab.procs import wait_for
 from common.config import BaseConfig, MessagingSettings, NetworkSpec, load
-from common.messages import PingReply
-from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Messaging, RpcClient, vif_events_topic
-from tests.conftest import BrokerScope
-from tests.e2e.lab import Lab, LabHost, provider_uplink, underlay
+from common.rpc import vif_events_topic
 from tests.e2e.observe import ConsoleWatch, EventRecorder
-from tests.hosts import unique, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -62,14 +63,14 @@ class Guest:
 @pytest.fixture
 def lab(root: None, broker_scope: BrokerScope, guest_image_dir: Path) -> Iterator[Lab]:
     # Not pytest's tmp_path: QEMU's monitor socket lives under the embed root and a unix
-    # socket path must stay under 108 bytes (sun_path).
-    lab_dir = Path(tempfile.mkdtemp(prefix="ae2e-", dir="/tmp"))
-    lab = Lab(dir=lab_dir, exchange=broker_scope.exchange, image_dir=guest_image_dir)
+    # socket path must stay under 108 bytes (sun_path). Lab.create() makes it in /tmp.
+    lab = Lab.create(prefix="ae2e-", image_dir=guest_image_dir, scope=broker_scope)
     try:
+        lab.start_controller()
         node1 = lab.add_host(
             "node1",
-            broker_scope.host("node1"),
-            unique("e2e-node1-"),
+            driver="qemu",
+            agents=(),
             l2={
                 "l2": {
                     "physical_interface_mappings": f"physnet1:{PHYS_DEVICE}",
@@ -80,8 +81,8 @@ def lab(root: None, broker_scope: BrokerScope, guest_image_dir: Path) -> Iterato
         )
         node2 = lab.add_host(
             "node2",
-            broker_scope.host("node2"),
-            unique("e2e-node2-"),
+            driver="qemu",
+            agents=(),
             l2={
                 "l2": {
                     "physical_interface_mappings": "",
@@ -91,42 +92,17 @@ def lab(root: None, broker_scope: BrokerScope, guest_image_dir: Path) -> Iterato
             },
         )
         underlay(node1, node2, *UNDERLAY)
-        provider = networks(lab)["provider"]
+        provider = lab.networks()["provider"]
         assert provider.gateway is not None and provider.cidr is not None
         provider_uplink(node1, PHYS_DEVICE, f"{provider.gateway}/{provider.cidr.prefixlen}")
         yield lab
     finally:
         print(lab.logs())  # pytest shows it when the test failed
-        try:
-            lab.close()
-        finally:
-            shutil.rmtree(lab_dir, ignore_errors=True)
-
-
-def networks(lab: Lab) -> dict[str, NetworkSpec]:
-    return load(BaseConfig, [lab.write_ctl_config()[0]]).networks
+        lab.close()
 
 
 def messaging_settings(lab: Lab) -> MessagingSettings:
-    return load(BaseConfig, [lab.write_ctl_config()[0]]).messaging
-
-
-def wait_serving(lab: Lab, node: LabHost, timeout: float = 60) -> None:
-    """Both agents of `node` answer an RPC ping (queue declared, consumer reading)."""
-    messaging = Messaging(messaging_settings(lab))
-    try:
-        for topic in (L2_TOPIC, COMPUTE_TOPIC):
-            client = messaging.rpc_client(topic, node.host, timeout=2)
-
-            def pong(client: RpcClient = client) -> bool:
-                try:
-                    return isinstance(client.call("ping"), PingReply)
-                except Exception:
-                    return False
-
-            wait_for(pong, timeout, 0.3, what=f"{topic} of {node.name} to answer ping")
-    finally:
-        messaging.close()
+    return load(BaseConfig, [lab.write_shared()]).messaging
 
 
 def build(lab: Lab, node: LabHost, name: str, network: str, consoles: ConsoleWatch) -> Guest:
@@ -135,7 +111,7 @@ def build(lab: Lab, node: LabHost, name: str, network: str, consoles: ConsoleWat
         "send", "build", "--host", node.host, "--name", name, "--network", network,
         "--wait", "--timeout", "120",
     )  # fmt: skip
-    assert isinstance(doc, dict) and doc["ok"], doc
+    assert doc["ok"], doc
     (inst,) = doc["instances"]
     assert inst["state"] == "running", inst
     (port,) = inst["ports"]
@@ -145,15 +121,15 @@ def build(lab: Lab, node: LabHost, name: str, network: str, consoles: ConsoleWat
         uuid=UUID(inst["uuid"]),
         ip=port["fixed_ip"],
         port_id=UUID(port["id"]),
-        network=networks(lab)[network],
+        network=lab.networks()[network],
         sent_at=sent,
     )
-    consoles.add(node.host, guest.uuid)
+    consoles.add(guest.uuid)
     return guest
 
 
 def console_log(lab: Lab, guest: Guest) -> str:
-    result = lab.agentctl("console-log", "--host", guest.node.host, guest.name, timeout=60)
+    result = lab.agentctl("console-log", guest.name, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -207,17 +183,19 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
     problems: list[str] = []
     node1, node2 = lab.hosts["node1"], lab.hosts["node2"]
     for node in (node1, node2):
-        for agent in ("l2-agent", "compute-agent"):
-            node.start(agent)
+        for agent in AGENTS:
+            node.start(agent, wait=False)
     for node in (node1, node2):
-        wait_serving(lab, node)
+        for agent in AGENTS:
+            node.wait_serving(agent)  # consuming, and heard by the controller
 
     settings = messaging_settings(lab)
     keys = [
         f"{settings.events_topic}.*",
         *(f"{vif_events_topic(n.host)}.*" for n in (node1, node2)),
     ]
-    with EventRecorder(settings, keys) as recorder, ConsoleWatch(settings) as consoles:
+    assert lab.controller is not None
+    with EventRecorder(settings, keys) as recorder, ConsoleWatch(lab.controller) as consoles:
         # ---- item 3: a guest per host on the shared VXLAN network
         g1 = build(lab, node1, "g1", "net1", consoles)
         g2 = build(lab, node2, "g2", "net1", consoles)
@@ -258,15 +236,14 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
             assert status == 0, f"{agent} exited {status} on SIGTERM"
         for agent in ("l2-agent", "compute-agent"):
             node1.start(agent)
-        wait_serving(lab, node1)
         listed = lab.agentctl_json("list", "--host", node1.host)
-        assert isinstance(listed, list)
         states = {i["name"]: i["state"] for i in listed}
         assert states == {"g1": "running", "g3": "running"}, states
         ports = lab.agentctl_json("ports", "--host", node1.host)
-        assert isinstance(ports, dict)
-        port_states = {p["port"]["id"]: p["state"] for p in ports["ports"]}
+        port_states = {p["id"]: p["state"] for p in ports}
         assert port_states == {str(g1.port_id): "wired", str(g3.port_id): "wired"}, port_states
+        recorded = {r["port_id"] for r in node1.recorded_ports() if r["wanted"] == "present"}
+        assert recorded == {str(g1.port_id), str(g3.port_id)}, recorded
         assert node1.qemu_pids() == before_qemu, "a guest was restarted"
         assert link_snapshot(node1, wired) == before_links, "a link was re-created or moved"
         assert node1.pings(g1.ip) and node1.pings(g3.ip)
@@ -285,7 +262,6 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
         node2.sh("ip", "link", "del", g2.tap)
         assert not node2.pings(g2.ip, timeout=1)
         node2.start("l2-agent")
-        wait_serving(lab, node2)
         wait_for(
             lambda: node2.links().get(g2.tap, {}).get("master") == bridge_of(g2),
             30, 0.3, what=f"{g2.tap} back in {bridge_of(g2)}",
@@ -302,8 +278,8 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
         # ---- item 5: delete every guest; nothing is left, the agents still run
         for g in (g1, g2, g3):
             consoles.forget(g.uuid)
-            doc = lab.agentctl_json("send", "delete", "--host", g.node.host, g.name, "--wait")
-            assert isinstance(doc, dict) and doc["ok"], doc
+            doc = lab.agentctl_json("send", "delete", g.name, "--wait")
+            assert doc["ok"], doc
         for node in (node1, node2):
             assert lab.agentctl_json("list", "--host", node.host) == []
             assert not node.qemu_pids()
@@ -313,7 +289,11 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
             assert not list(node.instances_dir.glob("*/*")), sorted(node.instances_dir.rglob("*"))
             for agent in ("l2-agent", "compute-agent"):
                 assert node.running(agent), f"{agent} of {node.name} died"
-            wait_serving(lab, node, timeout=10)
+            assert not [r for r in node.recorded_ports() if r["wanted"] == "present"]
+        heard = lab.controller.hosts()
+        for node in (node1, node2):
+            for kind in ("compute", "l2"):
+                assert heard[(node.host, kind)]["state"] == "up", heard
         assert PHYS_DEVICE in node1.links(), "the physical uplink must outlive the bridge"
 
     elapsed = time.monotonic() - started

@@ -2,7 +2,7 @@
 
 The compute-agent runs inside a network namespace that stands for the host (QEMU opens
 the pre-created tap, which must be in the namespace of the process starting QEMU:
-PLATFORM.md). The test plays the l2-agent: it makes the bridge and the tap in that
+docs/platform.md). The test plays the l2-agent: it makes the bridge and the tap in that
 namespace and publishes port.vif_plugged. It reads the guest's ready line through the
 agent's get_console_log call and pings the guest from the namespace.
 """
@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from agents.compute import vif
+from agents.lab.netns import NamespaceHost
+from agents.lab.procs import REPO, console_script, wait_for
 from common.messages import (
     ConsoleLog,
     DeleteInstance,
@@ -29,7 +31,6 @@ from common.messages import (
     VifEvent,
     new_request_id,
 )
-from tests.hosts import REPO, NamespaceHost, console_script, wait_for
 
 from .conftest import SHARED_CONF, Controller, Deployment, write_config
 

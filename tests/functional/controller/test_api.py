@@ -24,11 +24,11 @@ from agents.controller.db.engine import Database
 from agents.controller.db.records import Records
 from agents.controller.db.store import Store
 from agents.controller.settings import ControllerConfig
+from agents.lab.procs import REPO
 from common.config import load
 from common.messages import AgentHeartbeat
 from common.rpc import Messaging
 from tests.conftest import BrokerScope
-from tests.hosts import REPO
 
 pytestmark = pytest.mark.functional
 

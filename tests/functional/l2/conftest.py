@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from agents.l2.settings import L2Config
+from agents.lab.procs import REPO, run, unique, wait_for
 from common.config import load
 from common.rpc import EventWatcher, Messaging, vif_events_topic
 from tests.conftest import BrokerScope
-from tests.hosts import REPO, run, unique, wait_for
 
 FLAT_NET = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"  # "provider" in etc/shared.conf (physnet1)
 VXLAN_NET = "5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31"  # "net1" in etc/shared.conf (VNI 1001)
@@ -145,7 +145,7 @@ def wait_event(
 
 
 def spawn_agent(env: L2Env, log: Path, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    from tests.hosts import console_script
+    from agents.lab.procs import console_script
 
     fh = log.open("ab")
     try:

@@ -30,6 +30,8 @@ from pathlib import Path
 import kombu
 import pytest
 
+from agents.lab.netns import NamespaceHost
+from agents.lab.procs import REPO, console_script, run, wait_for
 from common.config import MessagingSettings
 from common.messages import (
     BuildInstance,
@@ -41,7 +43,6 @@ from common.messages import (
 )
 from common.rpc import COMPUTE_TOPIC, L2_TOPIC, EventWatcher, Messaging, queue_state
 from tests.conftest import BrokerScope
-from tests.hosts import REPO, NamespaceHost, console_script, run, wait_for
 from tests.notify import NotifyListener
 
 pytestmark = pytest.mark.functional

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from agents.lab.procs import REPO
 from tests.functional.systemd.units import UNITS
-from tests.hosts import REPO
 
 pytestmark = [
     pytest.mark.functional,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.hosts import REPO
+from agents.lab.procs import REPO
 
 UNIT_DIR = REPO / "systemd"
 UNITS = ("agents-controller.service", "compute-agent.service", "l2-agent.service")

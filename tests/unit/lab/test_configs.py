@@ -1,17 +1,19 @@
-"""render_config(): how the e2e lab and the quickstart turn etc/ samples into configs.
+"""agents.lab.configs: how the lab (tests, benchmarks, quickstart) turns etc/ samples into
+configs and systemd units into command lines.
 
-Pure text in, text out. The agents' own loader reads the result, so these tests also
-load it back with common.config and check the values an agent would see.
+Pure text in, text out. The daemons' own loaders read the result, so these tests also
+load it back and check the values a daemon would see.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from agents.controller.settings import ControllerConfig, ControllerSettings
 from agents.l2.settings import L2Config
+from agents.lab.configs import render_config, unit_command
+from agents.lab.procs import REPO
 from common.config import load
-from tests.e2e.lab import render_config, unit_command
-from tests.hosts import REPO
 
 SAMPLE = """\
 # header comment
@@ -83,13 +85,45 @@ def test_rendered_sample_loads_with_the_values_set(tmp_path: Path) -> None:
     assert str(config.l2.vxlan_local_ip) == "172.31.255.1"
 
 
-def test_agents_start_with_the_systemd_units_arguments(tmp_path: Path) -> None:
-    for agent in ("compute-agent", "l2-agent"):
-        cmd = unit_command(agent, tmp_path)
-        assert Path(cmd[0]).name == agent
+def test_daemons_start_with_the_systemd_units_arguments(tmp_path: Path) -> None:
+    for daemon, conf in (
+        ("compute-agent", "compute-agent"),
+        ("l2-agent", "l2-agent"),
+        ("agents-controller", "controller"),
+    ):
+        cmd = unit_command(daemon, tmp_path)
+        assert Path(cmd[0]).name == daemon
         assert cmd[1:] == [
             "--config-file",
             f"{tmp_path}/shared.conf",
             "--config-file",
-            f"{tmp_path}/{agent}.conf",
+            f"{tmp_path}/{conf}.conf",
         ]
+
+
+def test_controller_sample_names_every_setting_and_loads(tmp_path: Path) -> None:
+    text = (REPO / "etc" / "controller.conf").read_text()
+    lines = text.splitlines()
+    for key in ControllerSettings.model_fields:
+        at = next((i for i, ln in enumerate(lines) if ln.startswith(f"{key} =")), None)
+        assert at is not None, f"etc/controller.conf does not set {key}"
+        assert lines[at - 1].startswith("#"), f"{key} has no comment above it"
+    shared = tmp_path / "shared.conf"
+    shared.write_text((REPO / "etc" / "shared.conf").read_text())
+    conf = tmp_path / "controller.conf"
+    conf.write_text(text)
+    as_sample = load(ControllerConfig, [shared, conf])
+    assert as_sample.controller == ControllerSettings()  # the sample shows the defaults
+    conf.write_text(
+        render_config(
+            text,
+            {
+                "DEFAULT": {"state_dir": tmp_path},
+                "controller": {"listen": "127.0.0.1:18780", "events_queue": "lab-q"},
+            },
+        )
+    )
+    rendered = load(ControllerConfig, [shared, conf])
+    assert rendered.controller.listen == "127.0.0.1:18780"
+    assert rendered.controller.events_queue == "lab-q"
+    assert rendered.database_url() == f"sqlite:///{tmp_path}/controller/controller.sqlite"
