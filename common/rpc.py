@@ -26,6 +26,7 @@ the caller asked for.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import threading
 import time
@@ -49,6 +50,8 @@ from oslo_config import cfg
 from oslo_messaging import opts as om_opts
 from oslo_messaging._metrics import client as om_metrics
 from oslo_messaging._tracing import client as om_tracing
+from oslo_messaging.rpc import dispatcher as om_dispatcher
+from oslo_messaging.rpc import server as om_server
 
 from common.config import MessagingSettings
 from common.errors import (
@@ -142,6 +145,48 @@ def expected_errors(*errors: type[BaseException]) -> Callable[[_F], _F]:
     """
     decorator: Callable[[_F], _F] = oslo_messaging.expected_exceptions(*errors)
     return decorator
+
+
+class _GuardedDispatcher(om_dispatcher.RPCDispatcher):  # type: ignore[misc]
+    """oslo's dispatcher, refusing a malformed message with one named log line.
+
+    oslo logs a traceback for an unknown method, a version it cannot serve, args that
+    are not an object or arguments the method does not take, all raised inside its own
+    dispatch. Here each is checked first (or caught) and refused as an InvalidMessage:
+    one warning line naming the method and the problem; a caller gets the error back,
+    without a traceback in anyone's log.
+    """
+
+    def dispatch(self, incoming: Any) -> Any:
+        message = incoming.message if isinstance(incoming.message, dict) else {}
+        method = message.get("method")
+        problem = self._problem(method, message.get("args", {}))
+        if problem is None:
+            try:
+                return super().dispatch(incoming)
+            except (om_dispatcher.NoSuchMethod, om_dispatcher.UnsupportedVersion) as err:
+                problem = str(err)
+        log.warning("rpc_message_refused", method=str(method)[:80], problem=problem)
+        try:
+            raise InvalidMessage(schema=str(method)[:80], problem=problem)
+        except InvalidMessage:
+            raise om_dispatcher.ExpectedException() from None
+
+    def _problem(self, method: object, args: object) -> str | None:
+        if not isinstance(method, str) or not method or method.startswith("_"):
+            return f"method must be a public method name, got {method!r:.80}"
+        if not isinstance(args, dict):
+            return f"args must be an object, got {type(args).__name__}"
+        found = [getattr(e, method) for e in self.endpoints if hasattr(e, method)]
+        if not found:
+            return f"unknown method {method!r}"
+        for fn in found:
+            try:
+                inspect.signature(fn).bind({}, **{str(k): v for k, v in args.items()})
+                return None
+            except TypeError as err:
+                problem = f"arguments do not fit {method}: {err}"
+        return problem
 
 
 class RpcServer:
@@ -280,13 +325,10 @@ class Messaging:
     def rpc_server(self, topic: str, host: str | None, endpoints: Iterable[object]) -> RpcServer:
         """Serve `endpoints` on `topic` for `host`; host None: deployment-wide (replicas
         share the work, any one of them answers a call)."""
-        server = oslo_messaging.get_rpc_server(
-            self.rpc_transport,
-            self._target(topic, host),
-            list(endpoints),
-            serializer=self.serializer,
-            access_policy=oslo_messaging.DefaultRPCAccessPolicy,
+        dispatcher = _GuardedDispatcher(
+            list(endpoints), self.serializer, oslo_messaging.DefaultRPCAccessPolicy
         )
+        server = om_server.RPCServer(self.rpc_transport, self._target(topic, host), dispatcher)
         return RpcServer(server)
 
     def rpc_client(self, topic: str, host: str | None, timeout: float | None = None) -> RpcClient:

@@ -411,3 +411,50 @@ def test_port_work_taken_before_a_kill_is_replayed_on_start(
     finally:
         code = stop(proc)
     assert code == 0, (tmp_path / "agent.log").read_text()[-3000:]
+
+
+def test_malformed_rpc_messages_get_a_named_line_and_no_traceback(
+    l2env: L2Env, messaging: Messaging, tmp_path: Path
+) -> None:
+    """Straight onto the wire, as a hostile or broken sender would put them."""
+    import json
+
+    import kombu
+
+    from common.errors import RemoteError
+
+    proc = spawn_agent(l2env, tmp_path / "agent.log")
+    try:
+        wait_serving(messaging, l2env.host)
+        port = Port(id=uuid.uuid4(), network_id=uuid.UUID(VXLAN_NET), mac="fa:16:3e:00:00:09")
+        good = envelope(created(l2env.host, port))
+        bodies = [
+            {"method": "drop_all_tables", "args": {}},
+            {"method": None, "args": {}},
+            {"method": "_private", "args": {}},
+            {"method": "port_created", "args": "not an object"},
+            {"method": "port_created", "args": {"payload": good, "ctxt": 1, "extra": 2}},
+            {"method": "port_created", "args": {"payload": good}, "version": "9.9"},
+            {"method": "list_ports", "args": {"unexpected": True}},
+        ]
+        with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
+            producer = conn.Producer()
+            exchange = kombu.Exchange(l2env.exchange, type="topic", durable=True)
+            for body in bodies:
+                wire = {"oslo.version": "2.0", "oslo.message": json.dumps(body)}
+                producer.publish(wire, exchange=exchange, routing_key=f"l2-agent.{l2env.host}")
+        # A caller of an unknown method hears why, at once.
+        with pytest.raises(RemoteError, match="unknown method"):
+            messaging.rpc_client(L2_TOPIC, l2env.host, timeout=5).call("no_such_call")
+        pong = wait_serving(messaging, l2env.host)  # still serving
+        assert pong.host == l2env.host
+    finally:
+        code = stop(proc)
+    log = (tmp_path / "agent.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+    for needle in ("unknown method 'drop_all_tables'", "args must be an object",
+                   "public method name", "unexpected argument(s): ctxt, extra",
+                   "Endpoint does not support RPC version 9.9",
+                   "unknown method 'no_such_call'"):  # fmt: skip
+        assert needle in log, needle
+    assert code == 0
