@@ -61,7 +61,15 @@ from common.errors import (
     RemoteCallTimeout,
     RemoteError,
 )
-from common.messages import Message, envelope, is_envelope, open_envelope
+from common.messages import (
+    AgentKind,
+    DesiredState,
+    DesiredStateRequest,
+    Message,
+    envelope,
+    is_envelope,
+    open_envelope,
+)
 
 log = structlog.get_logger()
 
@@ -356,6 +364,15 @@ class Messaging:
         (`remote_type` "InvalidMessage") or could not read its database.
         """
         return self.rpc_client(CONTROLLER_TOPIC, None, timeout)
+
+    def desired_state(self, host: str, kind: AgentKind, timeout: float = 5.0) -> DesiredState:
+        """An agent's resync: ask the controller what `host` should have."""
+        reply = self.controller_client(timeout).call(
+            "desired_state", DesiredStateRequest(host=host, kind=kind)
+        )
+        desired = expect(reply, DesiredState)
+        assert isinstance(desired, DesiredState)
+        return desired
 
     def fanout_cast(self, topic: str, method: str, request_id: str | None = None) -> None:
         """Cast `method` (no payload) to every live server of `topic`.

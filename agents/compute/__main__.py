@@ -26,9 +26,8 @@ from common import logging as logging_mod
 from common.cli import daemon_parser, load_daemon_config
 from common.errors import AgentsError
 from common.journal import Journal
-from common.messages import DesiredState, DesiredStateRequest
 from common.metrics import Registry
-from common.rpc import Messaging, expect
+from common.rpc import Messaging
 from common.service import run
 from common.workers import KeyedSerialExecutor
 
@@ -36,15 +35,6 @@ PROG = "compute-agent"
 # One sender batching everything queued beat two here (2 cores, GIL): 175-211 against
 # 167-172 builds/s at concurrency 10; one channel also keeps every event in order.
 NOTIFY_SENDERS = 1
-
-
-def ask_desired(messaging: Messaging, host: str) -> DesiredState:
-    reply = messaging.controller_client(timeout=5).call(
-        "desired_state", DesiredStateRequest(host=host, kind="compute")
-    )
-    desired = expect(reply, DesiredState)
-    assert isinstance(desired, DesiredState)
-    return desired
 
 
 def load_config(args: argparse.Namespace) -> ComputeConfig:
@@ -104,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics_listen=config.metrics.listen,
         heartbeat_interval=settings.heartbeat_interval,
         reload_config=reload_config,
-        ask_desired=lambda: ask_desired(messaging, host),
+        ask_desired=lambda: messaging.desired_state(host, "compute"),
     )
     return run(service, name="compute-agent", grace=settings.stop_grace)
 

@@ -24,9 +24,8 @@ from common.cli import config_files, daemon_parser
 from common.config import load
 from common.errors import AgentsError
 from common.journal import Journal
-from common.messages import DesiredState, DesiredStateRequest
 from common.metrics import Registry
-from common.rpc import L2_TOPIC, Messaging, expect, vif_events_topic
+from common.rpc import L2_TOPIC, Messaging, vif_events_topic
 from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
@@ -37,15 +36,6 @@ PROG = "l2-agent"
 
 def load_config(files: Sequence[str], host: str | None) -> L2Config:
     return load(L2Config, files, {"DEFAULT": {"host": host}})
-
-
-def ask_desired(messaging: Messaging, host: str) -> DesiredState:
-    reply = messaging.controller_client(timeout=5).call(
-        "desired_state", DesiredStateRequest(host=host, kind="l2")
-    )
-    desired = expect(reply, DesiredState)
-    assert isinstance(desired, DesiredState)
-    return desired
 
 
 def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
@@ -89,7 +79,7 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
         reload_log_level=reload_log_level,
         on_close=close,
         replay=lambda: endpoint.intake.replay(),
-        ask_desired=lambda: ask_desired(messaging, host_name),
+        ask_desired=lambda: messaging.desired_state(host_name, "l2"),
     )
     endpoint = L2Endpoint(
         manager=manager,
