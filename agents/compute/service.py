@@ -14,7 +14,6 @@ It must not contain build logic (manager.py) nor create its collaborators (__mai
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import structlog
@@ -22,7 +21,7 @@ import structlog
 from agents.compute.hypervisor import Hypervisor
 from agents.compute.manager import ComputeManager, VifEventEndpoint
 from agents.compute.reporter import Reporter
-from common.agent import Resync
+from common.agent import Heartbeat, Resync
 from common.messages import DesiredState
 from common.metrics import Registry
 from common.rpc import COMPUTE_TOPIC, Messaging, RpcServer, vif_events_topic
@@ -55,8 +54,7 @@ class ComputeService:
         self._resync: Resync | None = None
         self._rpc: RpcServer | None = None
         self._listener: RpcServer | None = None
-        self._stop_heartbeat = threading.Event()
-        self._heartbeat: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
         self.metrics_port: int | None = None
 
     def start(self) -> None:
@@ -75,21 +73,12 @@ class ComputeService:
         # Port 0 binds any free port ([metrics] listen); the bound one is logged.
         self.metrics_port = self.registry.serve(self.metrics_listen)
         log.info("metrics_serving", listen=self.metrics_listen, port=self.metrics_port)
-        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._heartbeat = Heartbeat(self.manager.emit_heartbeat, self.heartbeat_interval)
         self._heartbeat.start()
         if self._ask_desired is not None:
             self._resync = Resync(self._ask_desired, self.manager.apply_desired)
             self._resync.start()
         log.info("compute_agent_started", host=host, version=self.manager.version)
-
-    def _beat(self) -> None:
-        while True:
-            try:
-                self.manager.emit_heartbeat()
-            except Exception as err:  # the broker may be away; try again next beat
-                log.warning("heartbeat_failed", error=str(err))
-            if self._stop_heartbeat.wait(self.heartbeat_interval):
-                return
 
     def stop(self, grace: float) -> None:
         if self._resync is not None:
@@ -103,9 +92,8 @@ class ComputeService:
         if self._listener is not None:
             self._listener.stop()
             self._listener.wait()
-        self._stop_heartbeat.set()
         if self._heartbeat is not None:
-            self._heartbeat.join(timeout=5)
+            self._heartbeat.stop(5)
         self.reporter.close()
         self.registry.close()
         self.messaging.close()
