@@ -16,6 +16,8 @@ PACKAGES=(
     pkg-config gcc python3-dev python3-venv
     busybox-static socat iproute2 procps iputils-ping cpio xz-utils zstd kmod
     systemd libxml2-utils
+    # the pid1/fresh tests: a Debian 12 root file system booted by a real systemd
+    debootstrap systemd-container
 )
 
 # Every program a daemon, a test or the quickstart runs. Checked after the install, so a
@@ -24,6 +26,7 @@ PACKAGES=(
 PROGRAMS=(
     qemu-img qemu-system-x86_64 virsh virt-xml-validate xmllint
     ip bridge socat busybox cpio xz zstd modprobe ping setsid systemd-analyze
+    debootstrap systemd-nspawn nsenter
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -35,11 +38,15 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+export DEBIAN_FRONTEND=noninteractive
+APT_UPDATED=0
+apt_install() {
+    [ "$APT_UPDATED" = 1 ] || { apt-get update -q; APT_UPDATED=1; }
+    apt-get install -y -q --no-install-recommends "$@"
+}
 if [ ${#missing[@]} -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    apt_install "${missing[@]}"
 fi
 
 # libvirt's QEMU driver (qemu:///embed included) refuses to start without this user and
@@ -51,23 +58,48 @@ if ! getent passwd libvirt-qemu >/dev/null; then
         --gid kvm libvirt-qemu
 fi
 
-# The broker: already running on the project's machines; start it if it is installed but down.
-if command -v rabbitmq-server >/dev/null && ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-    echo "setup.sh: starting rabbitmq-server"
-    rabbitmq-server -detached
-    for _ in $(seq 1 60); do
-        (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break
+# The broker. On the project's machines it already answers on 127.0.0.1:5672 and is
+# used as it is. Where nothing answers (a fresh machine), Debian's rabbitmq-server is
+# installed and started: the quickstart and the tests need nothing else (guest/guest
+# works from loopback). tests/functional/systemd/test_fresh.py proves it in a container.
+broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+if ! broker_answers; then
+    if ! dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install ok installed"; then
+        echo "setup.sh: no broker answers on 127.0.0.1:5672: installing Debian's rabbitmq-server"
+        apt_install rabbitmq-server
+    fi
+    # With systemd the package's postinst has started it already; a stopped one is started.
+    if ! broker_answers; then
+        echo "setup.sh: starting rabbitmq-server"
+        if [ -d /run/systemd/system ]; then
+            systemctl enable --now rabbitmq-server.service
+        else
+            rabbitmq-server -detached || echo "setup.sh: WARNING: rabbitmq-server -detached failed" >&2
+        fi
+    fi
+    for _ in $(seq 1 120); do
+        broker_answers && break
         sleep 1
     done
+    if ! broker_answers; then
+        echo "setup.sh: rabbitmq-server does not answer on 127.0.0.1:5672 after 120 s" >&2
+        echo "setup.sh: see journalctl -u rabbitmq-server or /var/log/rabbitmq/" >&2
+        exit 1
+    fi
+    echo "setup.sh: rabbitmq-server answers on 127.0.0.1:5672"
 fi
 
-# The oslo Notifier declares a durable queue <topic>.<priority> for every notification
-# topic and nobody may consume it (agents_events.info is only watched through private
-# queues): bound those queues, as tools/install.sh does on a real deployment.
+# Notification queues carry their own bounds (x-max-length, x-message-ttl: common.rpc
+# declares them so). Queues an older version declared without bounds are dropped here:
+# the broker refuses to re-declare a queue with other arguments, and nobody consumes
+# the operator-event queues (the controller reads its own queue). docs/operations.md
+# has the same step for a deployment.
 if command -v rabbitmqctl >/dev/null; then
-    rabbitmqctl set_policy --apply-to queues --priority 0 agents-notifications \
-        '^(agents_events|vif_events)\.' '{"max-length":10000,"message-ttl":3600000}' >/dev/null \
-        || echo "setup.sh: WARNING: could not set the RabbitMQ policy bounding notification queues" >&2
+    rabbitmqctl -q list_queues name arguments 2>/dev/null \
+        | awk '$1 ~ /^agents_events\.(info|error)$/ && $2 == "[]" {print $1}' \
+        | while read -r queue; do
+            rabbitmqctl -q delete_queue "$queue" >/dev/null && echo "setup.sh: dropped unbounded queue $queue"
+        done
 fi
 
 absent=()

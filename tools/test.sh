@@ -7,6 +7,10 @@
 #
 # Functional and e2e tests use the real RabbitMQ on 127.0.0.1:5672, real netlink in
 # network namespaces they create and remove, real libvirt and real QEMU (TCG) guests.
+# The pid1 and fresh tests (tests/functional/systemd/test_{pid1,fresh}.py) boot a Debian 12
+# root with systemd-nspawn; the root file systems, .debs and pip's cache are kept in
+# /var/cache/agents-test ($AGENTS_TEST_CACHE) between runs. The time they add is printed
+# at the end of pytest's output; `-m "not pid1 and not fresh"` leaves them out.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,4 +25,8 @@ echo "== import contracts"
 echo "== mypy"
 "$VENV/bin/mypy" agents common
 echo "== pytest"
-"$VENV/bin/pytest" -p no:cacheprovider -ra --timeout=600 "$@" tests
+began=$SECONDS
+status=0
+"$VENV/bin/pytest" -p no:cacheprovider -ra --timeout=600 "$@" tests || status=$?
+echo "== pytest took $((SECONDS - began)) s"
+exit "$status"
