@@ -1,6 +1,9 @@
 """structlog set-up: JSON lines when stdout is not a terminal, a readable renderer when it is.
 
 Call `setup()` once from main(); `set_level()` may be called again (SIGHUP reload).
+Under systemd (stdout connected to the journal: `$JOURNAL_STREAM` is set) each line
+starts with its syslog priority (`<3>` for an error, sd-daemon(3)); journald strips it
+and files the line at that priority, so `journalctl -p err` shows the daemons' errors.
 Loggers are obtained with `structlog.get_logger()`; request-scoped keys are bound with
 `structlog.contextvars.bound_contextvars(...)` at message entry.
 """
@@ -8,8 +11,9 @@ Loggers are obtained with `structlog.get_logger()`; request-scoped keys are boun
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -21,7 +25,34 @@ _LEVELS = {
 }
 
 
+# syslog priorities (sd-daemon(3) prefixes) of structlog's method names and stdlib levels
+_PRIORITY = {
+    "debug": 7,
+    "info": 6,
+    "msg": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+    "fatal": 2,
+}
+
+
+def _journal_priority(_logger: Any, method: str, line: Any) -> Any:
+    """The last processor: `<N>` before the rendered line (only under journald)."""
+    if isinstance(line, str):
+        return f"<{_PRIORITY.get(method, 6)}>{line}"
+    return line
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelname.lower(), 6)}>{super().format(record)}"
+
+
 def setup(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto") -> None:
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
     json_out = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
@@ -36,6 +67,7 @@ def setup(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto")
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if json_out else structlog.dev.set_exc_info,
             renderer,
+            *([_journal_priority] if journal else []),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stdout),
@@ -46,7 +78,8 @@ def setup(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto")
     root = logging.getLogger()
     if not any(getattr(h, "_agents", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = _JournalFormatter if journal else logging.Formatter
+        handler.setFormatter(formatter("%(levelname)s %(name)s: %(message)s"))
         handler._agents = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)

@@ -28,7 +28,7 @@ from agents.controller.reconciler import Reconciler
 from agents.controller.rpcapi import ControllerEndpoint
 from agents.controller.settings import ControllerConfig
 from common.errors import AgentsError
-from common.rpc import CONTROLLER_TOPIC, EventConsumer, Messaging, RpcServer, probe_broker
+from common.rpc import CONTROLLER_TOPIC, EventConsumer, Messaging, RpcServer
 
 log = structlog.get_logger()
 
@@ -80,7 +80,9 @@ class Controller:
         store = Store(db, self.settings.agent_down_time)
         store.sync_networks(self.config.networks.values())
 
-        probe_broker(self.config.messaging)
+        # No probe: the event consumer below waits for the broker as long as it takes
+        # (logging why every 10 s), so a broker that is down at boot delays READY
+        # instead of failing the start into systemd's start limit.
         self.messaging = Messaging(self.config.messaging)
         hub = Hub()
         bus = Bus(self.messaging, store, hub, self.settings.call_timeout)
