@@ -4,28 +4,21 @@ Each error has a stable `code` (the controller's own code for an `ApiError`, a l
 otherwise) and keeps its fields, so the CLI can print them or put them in JSON. The CLI
 maps errors to exit codes (`agents.ctl.cli.exit_code`); nothing here logs, prints or exits.
 
-Stdlib only, and deliberately not a subclass of `common.errors.AgentsError`: importing
-`common` reads the package metadata (about 20 ms), which agentctl pays on every run.
+They derive from `common.errors.AgentsError` (a message template filled from fields);
+nothing else of `common` is imported on agentctl's path.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
+
+from common.errors import AgentsError
 
 
-class CtlError(Exception):
+class CtlError(AgentsError):
     """Base of every error agentctl raises on purpose."""
 
-    msg_fmt: ClassVar[str] = "an unexpected error occurred"
     code: str = "agentctl.error"
-
-    def __init__(self, **fields: Any) -> None:
-        self.fields = fields
-        try:
-            message = self.msg_fmt.format(**fields)
-        except (KeyError, IndexError):  # a template/field mismatch must not hide the error
-            message = f"{self.msg_fmt} {fields!r}"
-        super().__init__(message)
 
 
 # ------------------------------------------------------------------ local: usage, config
