@@ -265,13 +265,21 @@ class AgentHeartbeat(Message):
 
 
 class MessageRejected(Message):
-    """Payload of `agent.message_rejected`: a message an agent could not read."""
+    """Payload of `agent.message_rejected`: a message an agent could not read.
+
+    1.1: the instance and port the message named, when they could be salvaged: for the
+    timeline only. A refused message ends no operation (a garbled copy may carry the
+    ids of a real one in flight).
+    """
 
     SCHEMA = "message_rejected"
+    VERSION = "1.1"
     host: HostName
     kind: AgentKind
     method: str
     problem: str
+    instance_uuid: UUID | None = None
+    port_id: UUID | None = None
     at: datetime = Field(default_factory=utcnow)
 
 

@@ -368,6 +368,12 @@ class ComputeManager(AgentEndpoint):
         return ref
 
     def _reject(self, method: str, payload: object, problem: str, _rid: str | None) -> None:
+        """Report a refused cast: one log line and agent.message_rejected, nothing else.
+
+        No instance.*.error: the controller owns the operations, and a garbled copy may
+        carry the uuid of a real build in flight; if the refused message was the real
+        one, the controller's re-drive sends it again.
+        """
         raw = payload.raw if isinstance(payload, InvalidPayload) else payload
         if isinstance(raw, Message):  # valid but refused (wrong host): still address it
             raw = raw.model_dump(mode="json")
@@ -382,19 +388,11 @@ class ComputeManager(AgentEndpoint):
         self.metrics.rpc_errors.labels(method).inc()
         self.reporter.agent(
             "agent.message_rejected",
-            MessageRejected(host=self.host, kind="compute", method=method, problem=problem),
+            MessageRejected(
+                host=self.host, kind="compute", method=method, problem=problem, instance_uuid=uuid
+            ),
             error=True,
         )
-        if uuid is not None:
-            event_type = _ERROR_EVENT.get(method, "instance.create.error")
-            self.reporter.instance(event_type, uuid, None, error=True, reason=problem)
-
-
-_ERROR_EVENT = {
-    "build_instance": "instance.create.error",
-    "delete_instance": "instance.delete.error",
-    "reboot_instance": "instance.reboot.error",
-}
 
 
 def _uuid_of(msg: BuildInstance | DeleteInstance | RebootInstance) -> UUID:

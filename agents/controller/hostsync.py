@@ -7,9 +7,11 @@ never stopping the others) and hands the answer to `Records.apply_listing`, whic
 makes the observed state match: a guest gone behind the agents' back turns its
 instance to `error` with a fault naming the host, a guest stopped behind their back
 turns `running` to `shutoff` with the fault "stopped outside agents", each with a
-timeline event `instance.sync`. It never asks a host to change anything (no cast
-goes out from here); what a host has that the database does not know is logged
-(`foreign_instance_on_host`) and left alone.
+timeline event `instance.sync`. Desired state is then driven back: a gone guest's
+ports are unwired and their addresses released; a stopped one is started again by a
+hard-reboot operation of its own (tracked and re-driven like any other). Nothing is
+ever deleted on a host from here; what a host has that the database does not know is
+logged (`foreign_instance_on_host`) and left alone.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ class HostSync:
             max_workers=min(self.workers, len(hosts)), thread_name_prefix="host-sync"
         ) as pool:
             results = dict(zip(hosts, pool.map(self._guarded, hosts), strict=True))
-        if any(r is not None and r.changed for r in results.values()):
+        casts = [c for r in results.values() if r is not None for c in r.casts]
+        if casts:
+            self.bus.publish(casts)
+        elif any(r is not None and r.changed for r in results.values()):
             self.bus.hub.notify()
         return results
 

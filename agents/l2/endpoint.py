@@ -22,7 +22,6 @@ from typing import Any
 from uuid import UUID
 
 import structlog
-from pydantic import TypeAdapter, ValidationError
 
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
@@ -35,7 +34,6 @@ from common.messages import (
     PortDeleted,
     PortList,
     PortUpdated,
-    RequestId,
     VifEvent,
     salvage_uuid,
 )
@@ -46,7 +44,6 @@ log = structlog.get_logger()
 
 
 PortMessage = PortCreated | PortUpdated | PortDeleted
-_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
 
 
 def _port_id(msg: PortMessage) -> UUID:
@@ -147,7 +144,6 @@ class L2Endpoint(AgentEndpoint):
     def _reject(self, method: str, payload: object, problem: str, request_id: object) -> None:
         raw = payload.raw if isinstance(payload, InvalidPayload) else payload
         port_id = salvage_uuid(raw, "port_id", "id")
-        network_id = salvage_uuid(raw, "network_id")
         instance_uuid = salvage_uuid(raw, "instance_uuid")
         rid = request_id if isinstance(request_id, str) else None
         self._metrics.rpc_errors.labels(method=method, problem="invalid").inc()
@@ -159,19 +155,8 @@ class L2Endpoint(AgentEndpoint):
             request_id=rid,
         )
         try:
-            if port_id is not None and method != "port_deleted":
-                self._vif_events.error(
-                    "port.plug_failed",
-                    VifEvent(
-                        request_id=_valid_request_id(rid),
-                        host=self.host,
-                        port_id=port_id,
-                        network_id=network_id,
-                        instance_uuid=instance_uuid,
-                        reason=problem,
-                    ),
-                    request_id=rid,
-                )
+            # No port.plug_failed: a garbled copy may carry the id of a real port whose
+            # build is waiting; the controller re-drives the real message if it was this.
             self._agent_events.error(
                 "agent.message_rejected",
                 MessageRejected(
@@ -179,18 +164,10 @@ class L2Endpoint(AgentEndpoint):
                     kind="l2",
                     method=method,
                     problem=problem[:2000],
+                    instance_uuid=instance_uuid,
+                    port_id=port_id,
                 ),
                 request_id=rid,
             )
         except Exception as err:  # reporting a bad message must not take the server down
             log.exception("reject_report_failed", error=str(err))
-
-
-def _valid_request_id(value: str | None) -> str | None:
-    """The request id if it would validate in a VifEvent, else None (it came from a bad message)."""
-    if value is None:
-        return None
-    try:
-        return _REQUEST_ID.validate_python(value)
-    except ValidationError:
-        return None

@@ -34,6 +34,7 @@ from common.messages import (
     Message,
     MessageRejected,
     VifEvent,
+    new_request_id,
 )
 
 # The faults the host sync sets; it clears only its own.
@@ -64,6 +65,9 @@ class ListingReport:
     deleted: list[str] = field(default_factory=list)  # deleted here, still on the host
     elsewhere: list[tuple[str, str]] = field(default_factory=list)  # (uuid, db host)
     failed: list[str] = field(default_factory=list)  # in state error here (a failed build)
+    # what the listing makes necessary: a gone guest's ports unwired, a stopped one
+    # started again
+    casts: list[Cast] = field(default_factory=list)
 
 
 @dataclass
@@ -88,16 +92,20 @@ class Records:
         if isinstance(payload, InstanceEvent):
             return self._instance(s, event_type, payload)
         if isinstance(payload, MessageRejected):
+            # On the named instance's timeline (when one was salvaged), and nothing more:
+            # a refused message ends no operation.
+            inst = s.get(Instance, str(payload.instance_uuid)) if payload.instance_uuid else None
             self.store.add_event(
                 s,
                 payload.at,
                 None,
-                None,
+                inst,
                 source=f"{payload.kind}-agent" if payload.kind == "l2" else "compute-agent",
                 event=event_type,
                 host=payload.host,
                 step=payload.method,
                 reason=payload.problem,
+                port_id=str(payload.port_id) if payload.port_id else None,
             )
             return Applied(timeline=True)
         return Applied()
@@ -267,7 +275,9 @@ class Records:
         with a fault naming the host; one listed in another state takes that state
         (running -> shutoff/crashed sets the fault "stopped outside agents"). Each
         change is a timeline event `instance.sync` (source controller). An instance
-        this sync set to error that the host lists again takes its listed state back.
+        this sync found gone has its ports released and stays in error even if the host
+        lists it again (its addresses may be someone else's by then); one stopped
+        outside the agents gets a hard-reboot operation that starts it again.
         What the host lists that is not a live instance of that host here is only
         reported.
         """
@@ -321,6 +331,21 @@ class Records:
                     or f"host {host} lists it {inst.state}, the database had {old}",
                 )
                 report.changed.append(SyncChange(inst.uuid, inst.name, old, inst.state, inst.fault))
+                if info is None and inst.state == "error":
+                    # The guest is gone: nothing may keep its ports or addresses.
+                    report.casts += self.store.release_ports(s, inst, now)
+                elif inst.fault == STOPPED_OUTSIDE:
+                    # Desired is running: drive it back there, as an operation of its own
+                    # (tracked, re-driven, in the timeline) that starts the guest again.
+                    rid = new_request_id()
+                    inst.task, inst.request_id = "reboot", rid
+                    op = self.store._new_operation(s, "reboot", inst, rid, now, hard=True)
+                    self.store.add_event(
+                        s, now, op, inst, source="controller", event="operation.started",
+                        host=host, reason="stopped outside agents: starting it again",
+                    )  # fmt: skip
+                    s.flush()
+                    report.casts += self.store.casts_for(s, op)
             if seen:
                 known = {
                     row.uuid: row
@@ -353,9 +378,11 @@ class Records:
         new = info.state
         if new in ("deleting", "deleted") or (new == inst.state and not ours):
             return None
-        fault = inst.fault
         if ours:
-            fault = None  # the guest is back
+            # Back on the host after its ports and addresses were released: it stays in
+            # error (reported; the agent's resync removes it), never running again.
+            return None
+        fault = inst.fault
         if new == "error":
             fault = info.fault or f"host {host} reports it in error"
         elif inst.state == "running" and new in ("shutoff", "crashed"):

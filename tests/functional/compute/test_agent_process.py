@@ -168,8 +168,9 @@ def test_malformed_casts_over_the_wire_are_reported_and_survived(
     raw_client.cast({}, "build_instance")
     raw_client.cast({}, "no_such_method", payload=1)
     raw_client.cast({}, "delete_instance", payload={"instance_uuid": "not-a-uuid"})
-    err = controller.wait_event(victim, {"instance.create.error"})
-    assert "instance.name" in err.payload.reason
+    # Refused by name, on the salvaged instance's timeline; no instance.create.error.
+    err = controller.wait_event(victim, {"agent.message_rejected"})
+    assert "instance.name" in err.payload.problem
     # Still consuming: a good build after the bad ones works.
     spec = controller.spec(ports=0)
     controller.build(spec)

@@ -141,6 +141,17 @@ def test_listing_drives_observed_state_and_reports_the_rest(store: Store) -> Non
     assert shown(store, busy)[0] == "building" and shown(store, fresh) == ("running", None)
     assert report.skipped == 2
     assert report.foreign == [stranger] and report.deleted == [was_deleted]
+    # Desired state is driven back: the gone guest's ports are unwired (its addresses
+    # released), the stopped one is started again by a hard reboot of its own.
+    gone_ports = {p["id"] for p in store.show(gone)["ports"]}
+    assert gone_ports == set()
+    methods = sorted(c.method for c in report.casts)
+    assert methods == ["port_deleted", "reboot_instance"]
+    reboot = next(c for c in report.casts if c.method == "reboot_instance")
+    assert str(reboot.message.instance_uuid) == stopped  # type: ignore[attr-defined]
+    assert reboot.message.hard  # type: ignore[attr-defined]
+    restart = store.show(stopped)
+    assert restart["task"] == "reboot" and restart["operations"][0]["kind"] == "reboot"
 
     sync = [e for e in store.timeline(gone)["events"] if e["event"] == "instance.sync"]
     assert [(e["source"], e["host"], e["step"], e["state"]) for e in sync] == [
@@ -148,18 +159,22 @@ def test_listing_drives_observed_state_and_reports_the_rest(store: Store) -> Non
     ]
     assert sync[0]["reason"] == gone_fault(h)
 
-    # the guests come back / are started again outside the agents: it follows
+    # The agent restarts the stopped guest; a gone guest that shows up again stays in
+    # error (its addresses went to others): only reported, and resync removes it.
+    Records(store).apply(
+        "instance.reboot.end",
+        InstanceEvent(
+            request_id=restart["request_id"], host=h, instance_uuid=uuid.UUID(stopped),
+            state="running",
+        ),
+    )  # fmt: skip
+    assert shown(store, stopped) == ("running", None)
     age_all(store)
     back = [info(i, h, "running") for i in (same, gone, stopped, fresh)]
     again = Records(store).apply_listing(h, [*back, info(off, h, "shutoff")], datetime.now(UTC))
-    assert {c.name: (c.old, c.new, c.fault) for c in again.changed} == {
-        "gone": ("error", "running", None),
-        "stopped": ("shutoff", "running", None),
-    }
-    # nothing more to do: a third pass changes nothing and writes no event
-    age_all(store)
-    third = Records(store).apply_listing(h, [*back, info(off, h, "shutoff")], datetime.now(UTC))
-    assert third.changed == [] and third.skipped == 1  # busy
+    assert again.changed == [] and again.casts == []
+    assert again.failed == [gone]
+    assert shown(store, gone)[0] == "error"
 
 
 def test_a_failed_build_is_never_resurrected_and_other_hosts_are_untouched(

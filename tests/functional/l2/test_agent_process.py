@@ -114,7 +114,7 @@ def created(host: str, port: Port) -> PortCreated:
     return PortCreated(request_id=new_request_id(), host=host, port=port)
 
 
-def test_bad_input_gives_plug_failed_keeps_serving_and_makes_nothing(
+def test_bad_input_is_refused_keeps_serving_and_makes_nothing(
     l2env: L2Env, messaging: Messaging, vif_watcher: EventWatcher, tmp_path: Path
 ) -> None:
     proc = spawn_agent(l2env, tmp_path / "agent.log")
@@ -145,10 +145,12 @@ def test_bad_input_gives_plug_failed_keeps_serving_and_makes_nothing(
 
         seen: list[Event] = []
         wait_event(vif_watcher, "port.vif_plugged", good.id, seen=seen)
+        # A refused message fails no build (a garbled copy may carry a real port's id):
+        # it is logged and reported as agent.message_rejected, never as plug_failed. A
+        # valid message for a network this host lacks is a wiring failure: plug_failed.
         for label, pid in bad_ids.items():
-            event = next((e for e in seen if getattr(e.payload, "port_id", None) == pid), None)
-            event = event or wait_event(vif_watcher, "port.plug_failed", pid)
-            assert event.event_type == "port.plug_failed" and event.priority == "error", label
+            assert not [e for e in seen if getattr(e.payload, "port_id", None) == pid], label
+            assert str(pid) in (tmp_path / "agent.log").read_text(), label
         event = next((e for e in seen if getattr(e.payload, "port_id", None) == unknown.id), None)
         event = event or wait_event(vif_watcher, "port.plug_failed", unknown.id)
         assert "is not configured" in event.payload.reason
