@@ -54,6 +54,7 @@ REPLUG_ERROR = "instance.interface.error"
 
 Outcome = Literal[
     "replugged",  # detached and attached again
+    "restarted",  # the guest would not release its NIC: restarted, which reopened the tap
     "attached",  # the tap has a reader (QEMU): nothing to do
     "tap_missing",  # no such link in this namespace: nothing this agent can re-plug
     "not_ours",  # no instance of ours has this port
@@ -181,9 +182,44 @@ class Replugger:
             started = self.clock()
             try:
                 self._replug(uuid, event.port_id, iface)
+            except ReplugFailed as err:
+                # A guest that does not answer ACPI hot-unplug (still booting, or slow
+                # under TCG) keeps a NIC on a tap that no longer exists: cut off for
+                # good. Restarting it (destroy + start) reopens every tap by name.
+                log.warning("interface_replug_failed", device=tap, error=str(err))
+                try:
+                    self.hv.reboot(uuid, hard=True)
+                except Exception as reboot_err:
+                    log.exception("replug_restart_failed", error=str(reboot_err))
+                else:
+                    log.info("guest_restarted_for_tap", device=tap)
+                    self.reporter.instance(
+                        REPLUGGED,
+                        uuid,
+                        event.request_id,
+                        state="running",
+                        step="restarted",
+                        name=record.name,
+                        reason=f"tap {tap} of port {event.port_id} was re-created and the "
+                        f"guest did not release its NIC ({err.fields.get('problem')}): "
+                        "restarted, which reopened the tap",
+                        since=started,
+                    )
+                    return "restarted"
+                self.reporter.instance(
+                    REPLUG_ERROR,
+                    uuid,
+                    event.request_id,
+                    error=True,
+                    state=domain.state,
+                    step="replug",
+                    name=record.name,
+                    reason=f"port {event.port_id} (tap {tap}): {err}",
+                    since=started,
+                )
+                return "error"
             except Exception as err:
-                level = log.warning if isinstance(err, ReplugFailed) else log.exception
-                level("interface_replug_failed", device=tap, error=str(err))
+                log.exception("interface_replug_failed", device=tap, error=str(err))
                 self.reporter.instance(
                     REPLUG_ERROR,
                     uuid,

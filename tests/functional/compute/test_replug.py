@@ -314,9 +314,11 @@ def test_skipped_when_not_running_not_ours_or_no_tap(
     assert hv.calls == []
 
 
-def test_guest_that_keeps_its_nic_is_reported(
+def test_guest_that_keeps_its_nic_is_restarted_onto_the_new_tap(
     agent: Agent, hv: HotplugTestDriver, taps: Taps
 ) -> None:
+    """No ACPI hot-unplug answer (a booting or slow guest): the guest would run on, cut
+    off from a tap that no longer exists; a restart reopens every tap by name."""
     manager, notes = agent
     manager.replugger.removal_timeout = 0.3
     s = running_guest(agent, taps)
@@ -324,18 +326,12 @@ def test_guest_that_keeps_its_nic_is_reported(
     hv.guest_releases = False
     manager.on_vif_event("port.vif_plugged", plugged(s))
     ev = notes.wait(s.uuid, {REPLUGGED, REPLUG_ERROR})
-    assert notes.types(s.uuid)[-1] == REPLUG_ERROR
-    assert "did not release the NIC" in (ev.reason or "")
-    assert ev.state == "running"  # the guest runs on; only its NIC is in trouble
+    assert notes.types(s.uuid)[-1] == REPLUGGED and ev.step == "restarted"
+    assert "did not release its NIC" in (ev.reason or "")
+    assert ev.state == "running"
     assert [c[0] for c in hv.calls] == ["detach"]
-    wait_until(lambda: replug_count(manager, "error") == 1)
-    # The guest lets go later: the next event finishes the job (attach only if gone).
-    hv.guest_releases = True
-    hv.live_xml(s.uuid)
-    hv.live_xml(s.uuid)
-    hv.live_xml(s.uuid)
-    assert manager.replugger.check(plugged(s)) == "replugged"
-    assert [c[0] for c in hv.calls] == ["detach", "attach"]
+    dom = hv.get(s.uuid)
+    assert dom is not None and dom.active  # destroyed and started again
 
 
 def test_delete_waits_for_the_replug_and_wins(
