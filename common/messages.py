@@ -130,10 +130,15 @@ class Port(Model):
     nic_model: NicModel = "virtio"
     admin_state_up: bool = True
     instance_uuid: UUID | None = None
+    # The controller's revision of this port (neutron's revision_number): it grows with
+    # every change, deletion included, so an agent can tell a stale message (a create
+    # delivered after the delete) from a newer one. None: unversioned (old senders).
+    revision: Annotated[int, Field(ge=0)] | None = None
 
 
 class PortCreated(Message):
     SCHEMA = "port_created"
+    VERSION = "1.1"  # Port.revision
     request_id: RequestId
     host: HostName
     port: Port
@@ -141,17 +146,22 @@ class PortCreated(Message):
 
 class PortUpdated(Message):
     SCHEMA = "port_updated"
+    VERSION = "1.1"  # Port.revision
     request_id: RequestId
     host: HostName
     port: Port
 
 
 class PortDeleted(Message):
+    """1.1: `revision`, the port's revision at its deletion (see Port.revision)."""
+
     SCHEMA = "port_deleted"
+    VERSION = "1.1"
     request_id: RequestId
     host: HostName
     port_id: UUID
     network_id: UUID | None = None
+    revision: Annotated[int, Field(ge=0)] | None = None
 
 
 # --------------------------------------------------------------------------- instances
@@ -171,6 +181,7 @@ class InstanceSpec(Model):
 
 class BuildInstance(Message):
     SCHEMA = "build_instance"
+    VERSION = "1.1"  # Port.revision
     request_id: RequestId
     host: HostName
     instance: InstanceSpec
@@ -298,6 +309,7 @@ class InstanceInfo(Message):
     """One instance as its compute-agent sees it (libvirt state + the domain's metadata)."""
 
     SCHEMA = "instance_info"
+    VERSION = "1.1"  # Port.revision
     uuid: UUID
     name: str
     host: HostName
@@ -312,6 +324,7 @@ class InstanceInfo(Message):
 
 class InstanceList(Message):
     SCHEMA = "instance_list"
+    VERSION = "1.1"  # Port.revision
     host: HostName
     instances: list[InstanceInfo] = []
 
@@ -330,6 +343,7 @@ class PortInfo(Message):
     """One port as its l2-agent recorded and wired it."""
 
     SCHEMA = "port_info"
+    VERSION = "1.1"  # Port.revision
     port: Port
     host: HostName
     state: PortState
@@ -340,6 +354,7 @@ class PortInfo(Message):
 
 class PortList(Message):
     SCHEMA = "port_list"
+    VERSION = "1.1"  # Port.revision
     host: HostName
     ports: list[PortInfo] = []
 
@@ -363,6 +378,7 @@ class DesiredState(Message):
     """
 
     SCHEMA = "desired_state"
+    VERSION = "1.1"  # Port.revision
     host: HostName
     kind: AgentKind
     # compute: every instance that should exist on the host (not deleted, not failed)

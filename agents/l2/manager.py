@@ -9,12 +9,13 @@
   the reason otherwise, vif_unplugged after a delete;
 - a network's bridge goes when its last recorded port goes (Wiring asks, under the
   network's lock, whether any recorded port still wants it);
-- the state the last message asks for wins. Messages for one port are handed to the
-  manager one at a time in order of arrival (see dispatch.py). A `port_deleted` leaves a
-  tombstone: a `port_updated` arriving after it is ignored (an update never brings a
-  deleted port back), while a `port_created` after it does (a create is the one message
-  that asks for a port to exist). The wire has no sequence numbers, so arrival order
-  is the only order there is.
+- which message wins: messages carry the controller's revision of the port (neutron's
+  revision_number); one older than the recorded revision is stale and ignored (a
+  create delivered after the delete cannot bring a released port back). A tombstone
+  the controller versioned also wins over an unversioned create. Between unversioned
+  messages the state the last one asks for wins, in order of arrival per port
+  (common.workers): a `port_updated` never brings a deleted port back, a `port_created`
+  does (a create is the one message that asks for a port to exist).
 
 It must not import pyroute2 or the broker libraries, nor parse wire envelopes.
 """
@@ -192,11 +193,34 @@ class L2Manager:
 
     # ------------------------------------------------------------------ messages
 
+    def _stale(self, record: PortRecord | None, revision: int | None, method: str) -> bool:
+        """Is a message of `revision` older than what `record` already holds?"""
+        if record is None or record.revision is None:
+            return False
+        versioned_tombstone = record.wanted == "absent" and method != "port_deleted"
+        if revision is None and not versioned_tombstone:
+            return False
+        if revision is not None and revision >= record.revision:
+            return False
+        log.info(
+            "stale_port_message_ignored",
+            method=method,
+            revision=revision,
+            recorded_revision=record.revision,
+            recorded=record.wanted,
+        )
+        self._metrics.stale_messages.inc()
+        return True
+
     def port_created(self, msg: PortCreated, received: float | None = None) -> None:
+        if self._stale(self.record(msg.port.id), msg.port.revision, "port_created"):
+            return
         self._apply(msg.port, msg.request_id, received)
 
     def port_updated(self, msg: PortUpdated, received: float | None = None) -> None:
         record = self.record(msg.port.id)
+        if self._stale(record, msg.port.revision, "port_updated"):
+            return
         if record is not None and record.wanted == "absent":
             log.info("port_update_after_delete_ignored", deleted_at=record.updated_at.isoformat())
             return
@@ -205,6 +229,8 @@ class L2Manager:
     def port_deleted(self, msg: PortDeleted, received: float | None = None) -> None:
         started = received if received is not None else self._clock()
         record = self.record(msg.port_id)
+        if self._stale(record, msg.revision, "port_deleted"):
+            return
         network_id = msg.network_id
         if record is not None and record.network_id is not None:
             network_id = record.network_id
@@ -215,6 +241,7 @@ class L2Manager:
                 wanted="absent",
                 request_id=msg.request_id,
                 updated_at=now(),
+                revision=msg.revision,
             )
         )
         try:
@@ -261,6 +288,7 @@ class L2Manager:
                 port=port,
                 request_id=request_id,
                 updated_at=now(),
+                revision=port.revision,
             )
         )
         self._plug(port, request_id, started, always_report=True)

@@ -39,6 +39,9 @@ class L2Metrics:
         self.link_events = registry.counter(
             "link_events", "Netlink link events seen for our devices", ["kind"]
         )
+        self.stale_messages = registry.counter(
+            "stale_messages", "Port messages older than the recorded revision, ignored"
+        )
         self.rewires = registry.counter(
             "rewires", "Re-wires after a device vanished behind our back", ["result"]
         )

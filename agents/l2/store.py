@@ -45,6 +45,8 @@ class PortRecord(BaseModel):
     port: Port | None = None  # set when wanted == "present"
     request_id: RequestId | None = None
     updated_at: datetime
+    # the revision of the message that set this record (Port.revision); None: unversioned
+    revision: int | None = None
 
 
 def now() -> datetime:

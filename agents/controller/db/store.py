@@ -539,6 +539,8 @@ class Store:
                     host=p.host,
                     port_id=uuidlib.UUID(p.id),
                     network_id=uuidlib.UUID(p.network_id),
+                    # newer than every create of it: a create delivered late is stale
+                    revision=views.PORT_DELETED_REVISION,
                 ),
             )
             for p in ports

@@ -31,8 +31,15 @@ def _iso(value: datetime | None) -> str | None:
     return None if value is None else utc(value).isoformat().replace("+00:00", "Z")
 
 
+# A port's revision on the wire (Port.revision): the controller creates a port once and
+# deletes it once, so two numbers are enough; a port update would need a column.
+PORT_CREATED_REVISION = 1
+PORT_DELETED_REVISION = 2
+
+
 def wire_port(p: Port) -> WirePort:
     return WirePort(
+        revision=PORT_CREATED_REVISION,
         id=uuidlib.UUID(p.id),
         network_id=uuidlib.UUID(p.network_id),
         mac=p.mac,

@@ -113,6 +113,7 @@ def test_create_decides_everything_and_returns_the_casts(store: Store) -> None:
     assert isinstance(build, BuildInstance) and isinstance(accepted.casts[0].message, PortCreated)
     assert str(build.instance.uuid) == insts[0]["uuid"]
     assert str(build.instance.ports[0].fixed_ip) == "10.10.0.10"
+    assert build.instance.ports[0].revision == 1
     assert [o["state"] for o in store.operations(accepted.response["request_id"])] == [
         "pending",
         "pending",
@@ -242,6 +243,8 @@ def test_reports_drive_state_timeline_and_release(store: Store) -> None:
     applied = records.apply("instance.delete.end", _inst(inst["uuid"], drid, state="deleted"))
     assert [c.method for c in applied.casts] == ["port_deleted"]
     assert isinstance(applied.casts[0].message, PortDeleted)
+    # newer than the create: a create of this port delivered late is stale at the agent
+    assert applied.casts[0].message.revision == 2
     assert store.ports() == []
     assert store.list_instances() == []
     assert store.list_instances(state="deleted")[0]["uuid"] == inst["uuid"]

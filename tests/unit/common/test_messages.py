@@ -44,7 +44,7 @@ def build(**kw: object) -> BuildInstance:
 def test_round_trip_through_envelope() -> None:
     msg = build()
     wire = envelope(msg)
-    assert wire["schema"] == "build_instance" and wire["version"] == "1.0"
+    assert wire["schema"] == "build_instance" and wire["version"] == BuildInstance.VERSION
     assert open_envelope(wire) == msg
     assert open_envelope(wire, expect=BuildInstance) == msg
 

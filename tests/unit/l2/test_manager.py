@@ -316,3 +316,35 @@ def test_a_vanished_bridge_makes_the_next_plug_check_the_network_again(rig: Rig)
     assert rig.links.master_of(tap(a)) == brq(VXLAN)
     assert rig.metric("ports", state="wired") == 1
     assert rig.metric("rewires_total", result="ok") == 1
+
+
+def _deleted(p: Port, revision: int | None) -> PortDeleted:
+    return PortDeleted(
+        request_id="req-d", host=HOST, port_id=p.id, network_id=p.network_id, revision=revision
+    )
+
+
+def test_a_create_delivered_after_the_controllers_delete_is_stale(rig: Rig) -> None:
+    p = port(revision=1)
+    rig.create(p)
+    rig.manager.port_deleted(_deleted(p, revision=2))
+    assert tap(p) not in rig.links.by_name
+    # the same create again (a duplicate, or a copy rebuilt without a revision): stale
+    rig.create(p)
+    rig.create(p.model_copy(update={"revision": None}))
+    assert tap(p) not in rig.links.by_name
+    assert rig.manager.record(p.id).wanted == "absent"  # type: ignore[union-attr]
+    assert rig.metric("stale_messages_total") == 2
+
+
+def test_unversioned_messages_keep_arrival_order(rig: Rig) -> None:
+    p = port(revision=1)
+    rig.create(p)
+    # a delete nobody versioned, then the create again: the last one asked wins
+    rig.manager.port_deleted(_deleted(p, revision=None))
+    rig.create(p)
+    assert rig.links.master_of(tap(p)) == brq(VXLAN)
+    # an older versioned delete never undoes a newer state
+    rig.create(p.model_copy(update={"revision": 3}))
+    rig.manager.port_deleted(_deleted(p, revision=2))
+    assert rig.links.master_of(tap(p)) == brq(VXLAN)
