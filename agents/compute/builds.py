@@ -252,6 +252,9 @@ class BuildPipeline:
             max_workers=self.settings.max_concurrent_builds, thread_name_prefix="build"
         )
         self._stopping = threading.Event()
+        # called with the uuid when a build ends, whatever the outcome (the re-plug
+        # looks again at taps re-created meanwhile)
+        self.on_finished: Callable[[UUID], None] | None = None
 
     # ------------------------------------------------------------------ entry
 
@@ -296,6 +299,8 @@ class BuildPipeline:
             finally:
                 self.table.finish(task)
                 self.metrics.builds_in_flight.dec()
+                if self.on_finished is not None:
+                    self.on_finished(task.uuid)
                 if task.ticket is not None:
                     task.ticket.hand_back() if task.handed_back else task.ticket.done()
 

@@ -109,6 +109,7 @@ class ComputeManager(AgentEndpoint):
         self.replugger = Replugger(
             hypervisor, taps if taps is not None else TapProbe(), self.table, reporter, metrics
         )
+        self.pipeline.on_finished = self.replugger.build_finished
         # Deletes and reboots run here, per instance in order of arrival; a build only
         # passes through on its way to the pipeline's own pool (it may wait for its ports).
         casts = {

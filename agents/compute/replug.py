@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 from uuid import UUID
 
@@ -92,14 +93,21 @@ class Replugger:
         self.sleep = sleep
         self._lock = threading.Lock()
         self._queued: set[UUID] = set()
+        # vif_plugged events that arrived while their instance was being built
+        self._deferred: dict[UUID, list[VifEvent]] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replug")
 
     # ------------------------------------------------------------------ entry
 
     def on_plugged(self, event: VifEvent) -> None:
-        """From the listener thread: drop what is surely a build's, queue the rest."""
+        """From the listener thread: hold what arrives during a build, queue the rest."""
         if event.instance_uuid is not None and self.table.get(event.instance_uuid) is not None:
+            # Usually the build's own event. But a tap re-created while the guest was
+            # being started is not the one QEMU opened: looked at again when the build
+            # ends (build_finished), with the facts of that moment.
             self.metrics.replugs.labels("building").inc()
+            with self._lock:
+                self._deferred.setdefault(event.instance_uuid, []).append(event)
             return
         with self._lock:
             if event.port_id in self._queued:
@@ -111,6 +119,13 @@ class Replugger:
             with self._lock:
                 self._queued.discard(event.port_id)
             log.info("replug_check_dropped_stopping", port_id=str(event.port_id))
+
+    def build_finished(self, uuid: UUID) -> None:
+        """A build of `uuid` ended: check again the taps re-created during it."""
+        with self._lock:
+            events = self._deferred.pop(uuid, [])
+        for event in {e.port_id: e for e in events}.values():
+            self.on_plugged(event.model_copy(update={"at": datetime.now(UTC)}))
 
     def close(self) -> None:
         """Finish the re-plug in progress; checks still queued are dropped."""
