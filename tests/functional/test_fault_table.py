@@ -1,0 +1,57 @@
+"""The fault table's quick version (bench/faults.py --quick) as a CI test.
+
+A handful of rows with small bursts on the libvirt test driver, each its own lab
+(controller, one host with both agents): kill -9 of the compute-agent, of the
+l2-agent and of the controller mid-burst, every cast delivered again, and malformed
+casts of every shape. Each row prints `ROW scenario=... lost=N duplicated=N ...`; no
+row may lose or duplicate anything. The broker row (rabbitmqctl stop_app) and the real
+QEMU rows are not in the quick version: they belong to the full table.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agents.lab.procs import REPO, broker_available
+
+pytestmark = pytest.mark.functional
+
+QUICK_ROWS = {"kill-compute-test", "kill-l2", "kill-controller", "duplicate-casts", "malformed"}
+ROW = re.compile(
+    r"^ROW scenario=(?P<scenario>\S+) sent=(?P<sent>\d+) running=(?P<running>\d+) "
+    r"error=(?P<error>\d+) lost=(?P<lost>\d+) duplicated=(?P<duplicated>\d+) "
+    r"settle_s=(?P<settle>[0-9.]+)$"
+)
+
+
+def test_quick_fault_table_loses_and_duplicates_nothing(root: None) -> None:
+    if not broker_available():
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "faults.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        cwd=REPO,
+    )
+    took = time.monotonic() - started
+    print(proc.stdout)
+    print(proc.stderr[-20000:], file=sys.stderr)
+    rows = {m["scenario"]: m for m in map(ROW.match, proc.stdout.splitlines()) if m}
+    assert set(rows) == QUICK_ROWS, (proc.returncode, proc.stdout, proc.stderr[-4000:])
+    bad = {
+        name: (int(m["lost"]), int(m["duplicated"]))
+        for name, m in rows.items()
+        if int(m["lost"]) or int(m["duplicated"])
+    }
+    assert not bad, f"rows that lost or duplicated (lost, duplicated): {bad}\n{proc.stdout}"
+    for name, m in rows.items():
+        assert int(m["sent"]) > 0, name
+        assert int(m["running"]) + int(m["error"]) == int(m["sent"]), m.group(0)
+    print(f"quick fault table: {took:.0f}s")
