@@ -121,11 +121,17 @@ class Replugger:
             log.info("replug_check_dropped_stopping", port_id=str(event.port_id))
 
     def build_finished(self, uuid: UUID) -> None:
-        """A build of `uuid` ended: check again the taps re-created during it."""
+        """A build of `uuid` ended: check again each port reported plugged more than once
+        during it. The first report is the build's own (its vif wait takes it); a
+        second one means the tap was made again after QEMU may have opened the first."""
         with self._lock:
             events = self._deferred.pop(uuid, [])
-        for event in {e.port_id: e for e in events}.values():
-            self.on_plugged(event.model_copy(update={"at": datetime.now(UTC)}))
+        per_port: dict[UUID, list[VifEvent]] = {}
+        for event in events:
+            per_port.setdefault(event.port_id, []).append(event)
+        for reports in per_port.values():
+            if len(reports) > 1:
+                self.on_plugged(reports[-1].model_copy(update={"at": datetime.now(UTC)}))
 
     def close(self) -> None:
         """Finish the re-plug in progress; checks still queued are dropped."""

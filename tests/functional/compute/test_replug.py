@@ -249,7 +249,8 @@ def test_tap_recreated_while_the_guest_was_started_is_replugged_when_the_build_e
     taps.readers[tap] = False
     manager.build_instance({}, payload=build_msg(s))
     notes.wait(s.uuid, {"instance.create.start"})
-    manager.on_vif_event("port.vif_plugged", plugged(s))  # during the build
+    manager.on_vif_event("port.vif_plugged", plugged(s))  # the build's own report
+    manager.on_vif_event("port.vif_plugged", plugged(s))  # the tap was made again
     assert notes.wait(s.uuid, END).state == "running"
     ev = notes.wait(s.uuid, {REPLUGGED, REPLUG_ERROR})
     assert notes.types(s.uuid)[-1] == REPLUGGED, ev.reason
