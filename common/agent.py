@@ -211,6 +211,13 @@ class Intake:
     def pending(self) -> int:
         return len(self.journal) if self.journal is not None else 0
 
+    def pending_keys(self, method: str) -> set[str]:
+        """The keys of the journal entries of `method` an earlier run left (replay()
+        runs them)."""
+        if self.journal is None:
+            return set()
+        return {entry.key for entry in self.journal.pending() if entry.method == method}
+
 
 class AgentEndpoint:
     """Base of both agents' RPC endpoints: each cast method routes to the intake.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import threading
 import time
 import uuid
@@ -72,6 +73,27 @@ from common.messages import (
 )
 
 log = structlog.get_logger()
+
+
+class _UnreadableMessage(logging.Filter):
+    """oslo's rabbit driver logs a message it cannot even decode (not JSON, not an oslo
+    envelope) with a traceback, then skips it. That is bad input, not a bug: one named
+    warning line instead (the dispatcher's refusals are `rpc_message_refused`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage().startswith("Failed to process message"):
+            err = record.exc_info[1]
+            log.warning("rpc_message_unreadable", problem=f"{type(err).__name__}: {err}"[:300])
+            return False
+        return True
+
+
+def _install_unreadable_filter() -> None:
+    """Once per process (a Messaging is made once per daemon; tests make many)."""
+    rabbit = logging.getLogger("oslo.messaging._drivers.impl_rabbit")
+    if not any(isinstance(f, _UnreadableMessage) for f in rabbit.filters):
+        rabbit.addFilter(_UnreadableMessage())
+
 
 COMPUTE_TOPIC = "compute"
 L2_TOPIC = "l2-agent"
@@ -282,6 +304,7 @@ class Messaging:
 
     def __init__(self, settings: MessagingSettings, dispatch_threads: int | None = None) -> None:
         """`dispatch_threads`: oslo's endpoint thread pool (default 64); 1 keeps arrival order."""
+        _install_unreadable_filter()
         self.settings = settings
         self.conf = cfg.ConfigOpts()
         for group, options in om_opts.list_opts():

@@ -311,7 +311,9 @@ class ComputeManager(AgentEndpoint):
         return self.hv.alive()
 
     def reconcile(self) -> dict[str, int]:
-        return self._reconciler.run()
+        # Builds the journal still holds are replayed right after this (service.start):
+        # their half-made files must not be reported as failed builds.
+        return self._reconciler.run(replaying=self.intake.pending_keys("build_instance"))
 
     def drain(self, grace: float) -> None:
         """SIGTERM: queued work and in-flight builds finish within `grace`, or are handed

@@ -17,6 +17,7 @@ It must not take messages or run builds; it runs once, before the agent serves.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -50,7 +51,10 @@ class Reconciler:
         self.reporter = reporter
         self.metrics = metrics
 
-    def run(self) -> dict[str, int]:
+    def run(self, replaying: Collection[str] = ()) -> dict[str, int]:
+        """`replaying`: instances whose build_instance the journal still holds. The
+        replay right after this builds them again, so their files are a build in
+        progress, not a failure: they are removed without reporting an error."""
         counts = {
             "running": 0, "stopped": 0, "error": 0, "finished": 0, "failed": 0, "orphans": 0,
             "unreadable": 0,
@@ -90,6 +94,9 @@ class Reconciler:
                 continue  # a domain of that uuid exists: its files are not orphans
             self.images.remove_instance_files(uuid)
             counts["orphans"] += 1
+            if str(uuid) in replaying:
+                log.info("reconcile_orphan_files_removed", instance_uuid=str(uuid), replayed=True)
+                continue
             log.warning("reconcile_orphan_files_removed", instance_uuid=str(uuid))
             self.reporter.instance(
                 "instance.create.error", uuid, None, error=True, reason=ORPHAN_REASON

@@ -46,6 +46,7 @@ from agents.compute.guest import Interface, interface_macs, parse_guest
 from agents.compute.records import GuestHost, owned_domains, read_record
 from agents.compute.reporter import Reporter
 from agents.compute.telemetry import ComputeMetrics
+from common.errors import AgentsError
 from common.messages import VifEvent
 
 log = structlog.get_logger()
@@ -240,7 +241,10 @@ class Replugger:
                 )
                 return "error"
             except Exception as err:
-                log.exception("interface_replug_failed", device=tap, error=str(err))
+                # libvirt refusing (a driver without hot-plug, a vanished domain) is a
+                # named failure, reported below; only a bug deserves a traceback
+                level = log.warning if isinstance(err, AgentsError) else log.exception
+                level("interface_replug_failed", device=tap, error=str(err))
                 self.reporter.instance(
                     REPLUG_ERROR,
                     uuid,

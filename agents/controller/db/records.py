@@ -179,7 +179,10 @@ class Records:
         parts = event_type.split(".")
         kind = parts[1] if len(parts) == 3 else None
         phase = parts[2] if len(parts) == 3 else None
-        op = self._operation(s, inst, ev.request_id, kind)
+        # An end or an error must name its request to end an operation: one without (a
+        # start-up reconcile's guess about files it found) goes to the timeline only,
+        # and the re-drive finds out what really happened.
+        op = self._operation(s, inst, ev.request_id, kind, final=phase in ("end", "error"))
         now = utcnow()
         applied = Applied(timeline=True)
         if phase == "start" and ev.elapsed_ms is not None:
@@ -392,9 +395,15 @@ class Records:
         return new, fault
 
     def _operation(
-        self, s: Session, inst: Instance | None, request_id: str | None, kind: str | None
+        self,
+        s: Session,
+        inst: Instance | None,
+        request_id: str | None,
+        kind: str | None,
+        final: bool = False,
     ) -> Operation | None:
-        """The open operation this report belongs to: same request id, else same kind."""
+        """The open operation this report belongs to: same request id, else (a report
+        without one that is not `final`) same kind."""
         if inst is None:
             return None
         ops = self.store.open_operations(s, inst.uuid)
@@ -402,7 +411,7 @@ class Records:
             if request_id is not None and op.request_id == request_id:
                 return op
         for op in ops:
-            if kind is not None and op.kind == kind and request_id is None:
+            if kind is not None and op.kind == kind and request_id is None and not final:
                 return op
         return None
 
