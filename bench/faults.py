@@ -275,6 +275,7 @@ class Row:
     clients: int = 8
     touches_broker: bool = False
     postgres: bool = False  # the controller on a scratch PostgreSQL database
+    stagger: float = 0.04  # seconds between the burst's clients' first POSTs
 
 
 @dataclass
@@ -374,7 +375,7 @@ class Run:
     # ------------------------------------------------------------------ the burst
 
     def burst(self, n: int, clients: int, name: str | None = None) -> None:
-        """Start `clients` threads POSTing n builds between them, 40 ms apart."""
+        """Start `clients` threads POSTing n builds between them, `stagger` apart."""
         clients = max(1, min(clients, n))
         counts = [n // clients + (1 if i < n % clients else 0) for i in range(clients)]
         self.t0 = time.monotonic()
@@ -382,7 +383,10 @@ class Run:
             body = {"name": f"{name or self.prefix}-c{i}", "count": count, "networks": ["net1"]}
             key = f"{self.prefix}-{name or 'b'}-{i}"
             th = threading.Thread(
-                target=self._client, args=(body, key, i * 0.04), name=f"client-{i}", daemon=True
+                target=self._client,
+                args=(body, key, i * self.row.stagger),
+                name=f"client-{i}",
+                daemon=True,
             )
             th.start()
             self.burst_threads.append(th)
@@ -1104,10 +1108,13 @@ def tap_deleted(run: Run) -> None:
         )
 
     wait_for(lambda: held_by_qemu(first), 60, 0.05, what="QEMU to hold the first guest's tap")
+    # 0.8 s later libvirt is still starting the guest (its build in flight), and QEMU
+    # survives the delete (sooner, QEMU itself often fails: a clean build error)
+    time.sleep(0.8)
     run.mark_fault()
     tap = tap_of(first["ports"][0]["id"])
     run.node.sh("ip", "link", "del", tap)
-    run.notes.append(f"deleted {tap} of {first['name']} as soon as its QEMU held it")
+    run.notes.append(f"deleted {tap} of {first['name']} while its guest was starting")
     wait_for(
         lambda: run.http.get(f"/v1/instances/{second['uuid']}")["state"] == "running",
         60,
@@ -1441,8 +1448,10 @@ ROWS = [
         40,
         None,
         kill_restart("compute-agent", signal.SIGTERM),
-        "SIGTERM compute-agent mid-burst, restarted; test driver",
+        "SIGTERM compute-agent mid-burst (POSTs spread over 2.4 s, so casts arrive while it"
+        " drains and while it is down), restarted; test driver",
         driver_lost=True,
+        stagger=0.3,
     ),
     Row(
         "term-l2",
@@ -1570,6 +1579,11 @@ def run_row(row: Row, n: int, postgres: str | None, keep_logs: Path | None = Non
         if row.after is not None:
             row.after(r)
         cats, why, dup, dup_why, view = r.inspect()
+        for agent, proc in r.node.agents.items():
+            if proc.poll() is not None:
+                r.notes.append(f"{agent} is not running (exit status {proc.returncode})")
+        if not r.ctl.running():
+            r.notes.append("the controller is not running")
         faults = Counter(
             _short(i.get("fault"), 90)
             for u, i in (view.instances or {}).items()
