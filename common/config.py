@@ -29,9 +29,29 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def _check_transport_url(value: str) -> str:
+    """oslo's form: `rabbit://user:pass@host:port[,user:pass@host:port...]/vhost`; every
+    host of a multi-node list is checked, so a typo fails at load, not at failover."""
     parts = urlsplit(value)
     if parts.scheme not in ("rabbit", "kombu+memory", "fake"):
         raise ValueError("must start with rabbit:// (or kombu+memory:// / fake:// in tests)")
+    if parts.scheme != "rabbit":
+        return value
+    netloc = value[len("rabbit://") :].partition("/")[0]
+    if not netloc:
+        raise ValueError("names no broker host (rabbit://user:pass@host:5672/)")
+    seen: set[str] = set()
+    for i, entry in enumerate(netloc.split(","), start=1):
+        host_port = entry.rpartition("@")[2]
+        host, sep, port = host_port.rpartition(":") if "]" not in host_port[-1:] else ("", "", "")
+        if not sep:
+            host, port = host_port, "5672"
+        if not host.strip("[]") or any(c in host for c in " /?#"):
+            raise ValueError(f"broker {i} ({entry.rpartition('@')[2]!r}) has no valid host")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"broker {i} ({host_port!r}) has a bad port {port!r}")
+        if host_port in seen:
+            raise ValueError(f"broker {i} ({host_port!r}) is listed twice")
+        seen.add(host_port)
     return value
 
 
@@ -42,7 +62,19 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _check_pem_file(value: Path) -> Path:
+    """A file that exists, can be read by this process and holds a PEM block."""
+    try:
+        head = value.read_bytes()[:1_000_000]
+    except OSError as err:
+        raise ValueError(f"cannot read {value}: {err.strerror or err}") from err
+    if b"-----BEGIN " not in head:
+        raise ValueError(f"{value} is not a PEM file (no -----BEGIN line)")
+    return value
+
+
 TransportUrl = Annotated[str, AfterValidator(_check_transport_url)]
+PemFile = Annotated[Path, AfterValidator(_check_pem_file)]
 ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 
 
@@ -63,6 +95,10 @@ class MessagingSettings(Section):
     # two deployments (or two test runs) on one broker stay apart by using two exchanges.
     control_exchange: Name = "agents"
     queue_type: Literal["classic", "quorum"] = "classic"
+    # Quorum queues only: a message handed out this many times and never acknowledged
+    # (a consumer that crashes or requeues on it) goes to the dead-letter queue
+    # `<control_exchange>.dead-letter` instead of spinning forever.
+    delivery_limit: Annotated[int, Field(ge=1, le=1000)] = 20
     durable_queues: bool = True
     rpc_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
     # How long a cast may wait for the broker before giving up (None = oslo's default,
@@ -70,6 +106,24 @@ class MessagingSettings(Section):
     send_retry: Annotated[int, Field(ge=-1, le=100)] = 3
     heartbeat_timeout: Annotated[int, Field(ge=0, le=600)] = 60
     events_topic: Name = "agents_events"
+    # TLS to the broker (docs/security.md): the CA that signed the broker's certificate
+    # (set: every connection uses TLS and verifies the broker's certificate and host
+    # name), and optionally this daemon's own certificate and key.
+    ssl_ca_file: PemFile | None = None
+    ssl_cert_file: PemFile | None = None
+    ssl_key_file: PemFile | None = None
+
+    @model_validator(mode="after")
+    def _ssl_coherent(self) -> MessagingSettings:
+        if (self.ssl_cert_file is None) != (self.ssl_key_file is None):
+            raise ValueError("ssl_cert_file and ssl_key_file go together (a client certificate)")
+        if self.ssl_cert_file is not None and self.ssl_ca_file is None:
+            raise ValueError("a client certificate needs ssl_ca_file (TLS to the broker)")
+        return self
+
+    @property
+    def ssl(self) -> bool:
+        return self.ssl_ca_file is not None
 
 
 class MetricsSettings(Section):
@@ -117,9 +171,12 @@ class NetworkSpec(Section):
         """First and last address given out to ports, gateway and network edges excluded."""
         if self.cidr is None:
             return None
-        hosts = list(self.cidr.hosts()) if self.cidr.num_addresses <= 65536 else []
-        start = self.allocation_start or (hosts[0] if hosts else self.cidr.network_address + 1)
-        end = self.allocation_end or (hosts[-1] if hosts else self.cidr.broadcast_address - 1)
+        # what cidr.hosts() would give first and last, without listing them (asked on
+        # every create): /31 and /32 use every address, larger nets drop both edges
+        net = self.cidr
+        edge = 0 if net.prefixlen >= 31 else 1
+        start = self.allocation_start or ipaddress.IPv4Address(int(net.network_address) + edge)
+        end = self.allocation_end or ipaddress.IPv4Address(int(net.broadcast_address) - edge)
         if self.gateway is not None and start == self.gateway and self.allocation_start is None:
             start = ipaddress.IPv4Address(int(start) + 1)
         return start, end

@@ -66,3 +66,15 @@ class RemoteCallTimeout(AgentsError):
 
 class RemoteError(AgentsError):
     msg_fmt = "{kind} on host {host!r} failed {method}: {problem}"
+
+
+class BrokerAccessRefused(AgentsError):
+    """The broker refused this account an operation (AMQP 403 ACCESS_REFUSED)."""
+
+    msg_fmt = "the broker refused user {user!r} {operation} access to {resource}"
+
+
+class BrokerTlsRefused(AgentsError):
+    """TLS to the broker failed: its certificate is not trusted (wrong CA or name)."""
+
+    msg_fmt = "refusing the broker at {url}: {problem}"

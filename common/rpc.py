@@ -17,7 +17,12 @@ What it owns:
   notification exchange, for a transient watcher that must see every event and leave
   nothing behind; `EventConsumer`: a durable shared queue acknowledged after handling;
 - `ModelSerializer`: wire models become envelopes on the way out and are validated
-  again on the way in.
+  again on the way in;
+- a broker cluster: a multi-node `transport_url` becomes kombu's failover list
+  (`connection()`), and `queue_type = quorum` makes the RPC server queues (oslo's
+  `rabbit_quorum_queue`) and the queues declared here quorum queues with a delivery
+  limit and a dead-letter queue (`bounded_queue_args`, `poison_message`);
+  `redeclare_queue` moves a queue's messages across a change of its type.
 
 What it must not do: business logic, logging of payload contents, retries beyond what
 the caller asked for.
@@ -29,15 +34,20 @@ import contextlib
 import inspect
 import json
 import logging
+import os
+import random
+import re
+import ssl
+import sys
 import threading
 import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import kombu
 import structlog
@@ -56,6 +66,8 @@ from oslo_messaging.rpc import server as om_server
 
 from common.config import MessagingSettings
 from common.errors import (
+    BrokerAccessRefused,
+    BrokerTlsRefused,
     BrokerUnreachable,
     InvalidMessage,
     NoAgentForHost,
@@ -88,6 +100,86 @@ class _UnreadableMessage(logging.Filter):
         return True
 
 
+# The exchange RPC replies travel through (direct, routing key = the caller's reply
+# queue). oslo.messaging sends replies through the default exchange, where any queue
+# is reachable by its name: an account allowed to reply could then publish straight
+# into `compute.<other host>`. With replies on an exchange of their own, the agents'
+# accounts get no right on the default exchange at all (docs/security.md).
+REPLY_EXCHANGE = "agents_replies"
+
+
+def _install_reply_exchange() -> None:
+    """Once per process: oslo's rabbit driver replies on REPLY_EXCHANGE, and a caller's
+    reply queue is bound there. Callers and servers of a deployment must both run this
+    (every process here builds its Messaging, which installs it)."""
+    from oslo_messaging._drivers import impl_rabbit
+
+    conn_cls: Any = impl_rabbit.Connection
+    if getattr(conn_cls, "_agents_reply_exchange", False):
+        return
+
+    def declare_direct_consumer(self: Any, topic: str, callback: Any) -> None:
+        consumer = impl_rabbit.Consumer(
+            exchange_name=REPLY_EXCHANGE,
+            queue_name=topic,
+            routing_key=topic,
+            type="direct",
+            durable=self.rabbit_transient_quorum_queue,
+            exchange_auto_delete=False,
+            queue_auto_delete=False,
+            callback=callback,
+            rabbit_ha_queues=self.rabbit_ha_queues,
+            rabbit_queue_ttl=self.rabbit_transient_queues_ttl,
+            enable_cancel_on_failover=self.enable_cancel_on_failover,
+            rabbit_quorum_queue=self.rabbit_transient_quorum_queue,
+            rabbit_quorum_queue_config=self.rabbit_quorum_queue_config,
+        )
+        self.declare_consumer(consumer)
+
+    def direct_send(self: Any, msg_id: str, msg: Any) -> None:
+        # passive, as oslo's own: a reply to a caller that is gone fails fast (404)
+        exchange = kombu.Exchange(
+            name=REPLY_EXCHANGE,
+            type="direct",
+            durable=self.rabbit_transient_quorum_queue,
+            auto_delete=False,
+            passive=True,
+        )
+        options = oslo_messaging.TransportOptions(at_least_once=self.direct_mandatory_flag)
+        self._ensure_publishing(
+            self._publish_and_raises_on_missing_exchange,
+            exchange,
+            msg,
+            routing_key=msg_id,
+            transport_options=options,
+        )
+
+    conn_cls.declare_direct_consumer = declare_direct_consumer
+    conn_cls.direct_send = direct_send
+    conn_cls._agents_reply_exchange = True
+
+
+class _ConnectionLost(logging.Filter):
+    """kombu's consumer loop logs a lost connection (a broker node killed, a restart)
+    and each failed reconnect with a traceback. Both are expected events of a broker
+    outage or failover: one warning line without a traceback instead (the failed
+    reconnects are `broker_connect_failed`, from the consumer's own callback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.msg)
+        if text.startswith("Connection to broker lost"):
+            err = record.exc_info[1] if record.exc_info else None
+            log.warning("broker_connection_lost", error=f"{type(err).__name__}: {err}"[:300])
+            return False
+        return not text.startswith("Broker connection error")
+
+
+def _install_connection_lost_filter() -> None:
+    mixins = logging.getLogger("kombu.mixins")
+    if not any(isinstance(f, _ConnectionLost) for f in mixins.filters):
+        mixins.addFilter(_ConnectionLost())
+
+
 def _install_unreadable_filter() -> None:
     """Once per process (a Messaging is made once per daemon; tests make many)."""
     rabbit = logging.getLogger("oslo.messaging._drivers.impl_rabbit")
@@ -118,6 +210,161 @@ NOTIFY_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sam
 
 def vif_events_topic(host: str) -> str:
     return f"vif_events.{host}"
+
+
+def agent_events_topic(settings: MessagingSettings, host: str) -> str:
+    """The topic an agent of `host` publishes its events on: `<events_topic>.<host>`, so
+    the routing key names the publishing host and the broker's topic permissions can
+    hold each host to its own keys (docs/security.md); the controller binds
+    `<events_topic>.#` and checks the payload's host against the key."""
+    return f"{settings.events_topic}.{host}"
+
+
+def routing_key_host(key: str, topic: str) -> str | None:
+    """The host of routing key `<topic>.<host>.<priority>`, or None if it is not one."""
+    head = f"{topic}."
+    if not key.startswith(head) or key.count(".") < topic.count(".") + 2:
+        return None
+    return key[len(head) :].rsplit(".", 1)[0]
+
+
+# "Queue.declare: (403) ACCESS_REFUSED - access to queue 'q' in vhost '/' refused for
+# user 'u'", "Basic.publish: (403) ACCESS_REFUSED - write access to topic 'k' in exchange
+# 'x' in vhost '/' refused for user 'u'" (RabbitMQ 3.10's wording)
+_REFUSED = re.compile(
+    r"(?:(?P<method>[A-Z][a-z]+\.[a-z_]+): )?\(403\) ACCESS_REFUSED - "
+    r"(?:(?P<operation>[a-z]+) )?access to (?P<resource>.+?)"
+    r"(?: in vhost '(?P<vhost>[^']*)')? refused for user '(?P<user>[^']*)'"
+)
+
+
+# RabbitMQ's permission each AMQP method needs (its 403 text often omits the word)
+_OPERATIONS = {
+    "Basic.publish": "write",
+    "Basic.consume": "read",
+    "Basic.get": "read",
+    "Queue.declare": "configure",
+    "Queue.delete": "configure",
+    "Exchange.declare": "configure",
+    "Exchange.delete": "configure",
+    "Queue.bind": "bind",
+    "Queue.unbind": "unbind",
+    "Queue.purge": "read",
+}
+
+
+def access_refused(err: BaseException, transport_url: str = "") -> BrokerAccessRefused | None:
+    """The broker's ACCESS_REFUSED (403) as a BrokerAccessRefused naming the account,
+    the resource and the operation; None for any other error."""
+    text = str(err)
+    code = getattr(err, "code", None) or getattr(err, "reply_code", None)
+    if code != 403 and "ACCESS_REFUSED" not in text:
+        return None
+    m = _REFUSED.search(text)
+    if m is None:
+        user = transport_url.split("://", 1)[-1].split(":", 1)[0].split("@", 1)[0] or "?"
+        return BrokerAccessRefused(user=user, operation="access", resource="?", detail=text[:300])
+    return BrokerAccessRefused(
+        user=m.group("user"),
+        operation=m.group("operation") or _OPERATIONS.get(m.group("method") or "", "access"),
+        resource=m.group("resource"),
+        detail=text[:300],
+    )
+
+
+def log_access_refused(refused: BrokerAccessRefused, **where: Any) -> None:
+    log.error(
+        "broker_access_refused",
+        user=refused.fields["user"],
+        operation=refused.fields["operation"],
+        resource=refused.fields["resource"],
+        **where,
+    )
+
+
+def ssl_options(settings: MessagingSettings) -> dict[str, Any] | bool:
+    """kombu's `ssl=` for `settings`: False without `ssl_ca_file`; otherwise the broker's
+    certificate is required, checked against that CA and against the host name of the
+    broker it connects to (kombu fills `server_hostname` from each URL of a failover
+    list when it is None)."""
+    if settings.ssl_ca_file is None:
+        return False
+    opts: dict[str, Any] = {
+        "ca_certs": str(settings.ssl_ca_file),
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": None,
+    }
+    if settings.ssl_cert_file is not None and settings.ssl_key_file is not None:
+        opts["certfile"] = str(settings.ssl_cert_file)
+        opts["keyfile"] = str(settings.ssl_key_file)
+    return opts
+
+
+def connection(
+    settings: MessagingSettings, timeout: float = 5.0, **kwargs: Any
+) -> kombu.Connection:
+    """A kombu connection to the broker of `settings`, over TLS when it is configured.
+
+    With several brokers (a cluster) the list is shuffled, as oslo's driver does, so a
+    fleet of processes spreads over the nodes; kombu then fails over round-robin: each
+    node is tried once per cycle (`ensure_connected`). The connection carries a name
+    (`<program>:<pid>:kombu`) that `rabbitmqctl list_connections client_properties`
+    shows, like oslo's own connections.
+    """
+    urls = _kombu_url(settings.transport_url).split(";")
+    random.shuffle(urls)
+    kwargs.setdefault(
+        "transport_options",
+        {"client_properties": {"connection_name": f"{_PROGRAM}:{os.getpid()}:kombu"}},
+    )
+    return kombu.Connection(
+        ";".join(urls),
+        connect_timeout=timeout,
+        ssl=ssl_options(settings),
+        failover_strategy="round-robin",
+        **kwargs,
+    )
+
+
+_PROGRAM = os.path.basename(sys.argv[0]) or "python"
+
+
+def ensure_connected(conn: kombu.Connection, timeout: float) -> None:
+    """Connect, trying every node of a failover list once (a node killed a moment ago
+    refuses at once), within `timeout` seconds in all; kombu's error otherwise."""
+    conn.ensure_connection(
+        max_retries=max(1, len(conn.alt)),
+        interval_start=0,
+        interval_step=0.2,
+        interval_max=1,
+        timeout=timeout,
+    )
+
+
+def _ssl_cause(err: BaseException | None) -> ssl.SSLError | None:
+    """The TLS error behind `err` (kombu wraps it in OperationalError), if any."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, ssl.SSLError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
+
+
+def describe_connect_error(settings: MessagingSettings, err: BaseException) -> str:
+    """One sentence for a failed connect: a TLS verification failure names the CA file
+    and the broker address (the usual cause: a wrong ssl_ca_file or broker cert)."""
+    where = settings.transport_url.split("@")[-1]
+    err = _ssl_cause(err) or err
+    if isinstance(err, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(err):
+        return (
+            f"TLS: the certificate of the broker at {where} is not trusted by"
+            f" ssl_ca_file {settings.ssl_ca_file} ({getattr(err, 'verify_message', err)})"
+        )
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake with the broker at {where} failed: {err}"
+    return f"{type(err).__name__}: {err}"
 
 
 @dataclass(frozen=True)
@@ -177,6 +424,9 @@ def expected_errors(*errors: type[BaseException]) -> Callable[[_F], _F]:
     return decorator
 
 
+_RPC_VERSION = re.compile(r"^\d{1,6}\.\d{1,6}(\.\d{1,6})?$")
+
+
 class _GuardedDispatcher(om_dispatcher.RPCDispatcher):  # type: ignore[misc]
     """oslo's dispatcher, refusing a malformed message with one named log line.
 
@@ -191,6 +441,11 @@ class _GuardedDispatcher(om_dispatcher.RPCDispatcher):  # type: ignore[misc]
         message = incoming.message if isinstance(incoming.message, dict) else {}
         method = message.get("method")
         problem = self._problem(method, message.get("args", {}))
+        version = message.get("version", "1.0")
+        if problem is None and not (isinstance(version, str) and _RPC_VERSION.match(version)):
+            # oslo's version check raises ValueError (with a traceback) on anything but
+            # MAJOR.MINOR[.PATCH]
+            problem = f"version must be MAJOR.MINOR, got {version!r:.40}"
         if problem is None:
             try:
                 return super().dispatch(incoming)
@@ -207,9 +462,15 @@ class _GuardedDispatcher(om_dispatcher.RPCDispatcher):  # type: ignore[misc]
             return f"method must be a public method name, got {method!r:.80}"
         if not isinstance(args, dict):
             return f"args must be an object, got {type(args).__name__}"
-        found = [getattr(e, method) for e in self.endpoints if hasattr(e, method)]
+        # An endpoint naming its RPC methods (RPC_METHODS) serves only those: its other
+        # public methods (a manager's drain, reconcile, ...) are not for the wire.
+        found = [
+            getattr(e, method)
+            for e in self.endpoints
+            if hasattr(e, method) and method in getattr(e, "RPC_METHODS", (method,))
+        ]
         if not found:
-            return f"unknown method {method!r}"
+            return f"unknown method {method!r:.80}"
         for fn in found:
             try:
                 inspect.signature(fn).bind({}, **{str(k): v for k, v in args.items()})
@@ -224,7 +485,16 @@ class RpcServer:
         self._server = server
 
     def start(self) -> None:
-        self._server.start()
+        """Start consuming. BrokerAccessRefused (logged as `broker_access_refused`)
+        when this account may not declare or consume the server's queues."""
+        try:
+            self._server.start()
+        except oslo_messaging.MessageDeliveryFailure as err:
+            refused = access_refused(err)
+            if refused is None:
+                raise
+            log_access_refused(refused, during="rpc_server_start")
+            raise refused from err
 
     def stop(self) -> None:
         """Stop consuming: no new message is taken after this returns."""
@@ -252,6 +522,13 @@ class RpcClient:
     def _where(self) -> str:
         return self.host if self.host is not None else "any"
 
+    def _delivery_failure(self, err: BaseException) -> Exception:
+        refused = access_refused(err)
+        if refused is not None:  # not an outage: this account may not send there
+            log_access_refused(refused, kind=self.kind, host=self._where)
+            return refused
+        return BrokerUnreachable(url="(configured transport)", problem=str(err))
+
     def cast(self, method: str, message: Message, request_id: str | None = None) -> None:
         try:
             self._client.cast({"request_id": request_id}, method, payload=message)
@@ -260,7 +537,7 @@ class RpcClient:
                 kind=self.kind, host=self._where, problem="no queue for it on the broker"
             ) from err
         except oslo_messaging.MessageDeliveryFailure as err:
-            raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
+            raise self._delivery_failure(err) from err
 
     def call(
         self,
@@ -288,7 +565,7 @@ class RpcClient:
                 kind=self.kind, host=self._where, problem="no queue for it on the broker"
             ) from err
         except oslo_messaging.MessageDeliveryFailure as err:
-            raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
+            raise self._delivery_failure(err) from err
         except oslo_messaging.RemoteError as err:
             raise RemoteError(
                 kind=self.kind,
@@ -305,6 +582,7 @@ class Messaging:
     def __init__(self, settings: MessagingSettings, dispatch_threads: int | None = None) -> None:
         """`dispatch_threads`: oslo's endpoint thread pool (default 64); 1 keeps arrival order."""
         _install_unreadable_filter()
+        _install_reply_exchange()
         self.settings = settings
         self.conf = cfg.ConfigOpts()
         for group, options in om_opts.list_opts():
@@ -316,19 +594,54 @@ class Messaging:
         self.conf.set_override("control_exchange", settings.control_exchange)
         rabbit = "oslo_messaging_rabbit"
         if settings.queue_type == "quorum":
+            # RPC server queues (`<topic>.<host>`, `<topic>`) become quorum queues,
+            # replicated on every node: a node's death loses none of their casts. Their
+            # delivery limit drops a message redelivered that often (no dead-letter
+            # exchange on oslo's queues; casts are acked on arrival, so only a message
+            # caught in a consumer crash loop ever reaches it).
             self.conf.set_override("rabbit_quorum_queue", True, group=rabbit)
+            self.conf.set_override(
+                "rabbit_quorum_delivery_limit", settings.delivery_limit, group=rabbit
+            )
         else:
             self.conf.set_override("amqp_durable_queues", settings.durable_queues, group=rabbit)
         self.conf.set_override(
             "heartbeat_timeout_threshold", settings.heartbeat_timeout, group=rabbit
         )
         self.conf.set_override("direct_mandatory_flag", True, group=rabbit)
+        if settings.ssl_ca_file is not None:
+            # with ssl_ca_file oslo requires the broker's certificate and checks its
+            # host name (one broker in the URL) against it
+            self.conf.set_override("ssl", True, group=rabbit)
+            self.conf.set_override("ssl_ca_file", str(settings.ssl_ca_file), group=rabbit)
+            if settings.ssl_cert_file is not None and settings.ssl_key_file is not None:
+                self.conf.set_override("ssl_cert_file", str(settings.ssl_cert_file), group=rabbit)
+                self.conf.set_override("ssl_key_file", str(settings.ssl_key_file), group=rabbit)
         if dispatch_threads is not None:
             self.conf.set_override("executor_thread_pool_size", dispatch_threads)
         self.serializer = ModelSerializer()
         self._rpc_transport: Any = None
         self._notifiers: list[Notifier] = []
         self._lock = threading.Lock()
+
+    def verify_tls(self, timeout: float = 5.0) -> None:
+        """With TLS configured, connect once: BrokerTlsRefused when the broker's
+        certificate is not trusted by ssl_ca_file (a configuration error, not an outage:
+        retrying cannot mend it). A broker that does not answer is left to the usual
+        waiting and reconnecting."""
+        if not self.settings.ssl:
+            return
+        try:
+            with connection(self.settings, timeout) as conn:
+                ensure_connected(conn, timeout)
+        except Exception as err:
+            tls = _ssl_cause(err)
+            if tls is None:
+                return  # down or refusing: the daemon waits for it as usual
+            raise BrokerTlsRefused(
+                url=self.settings.transport_url.split("@")[-1],
+                problem=describe_connect_error(self.settings, tls),
+            ) from err
 
     # the transport is opened lazily: a process that only notifies never needs it
     @property
@@ -417,15 +730,16 @@ class Messaging:
         except oslo_messaging.MessageDeliveryFailure as err:
             raise BrokerUnreachable(url="(configured transport)", problem=str(err)) from err
 
-    def notifier(self, publisher_id: str, topic: str) -> Notifier:
-        """Notifications on `topic`, one at a time, confirmed by the broker (thread-safe)."""
-        notifier = Notifier(self.settings, publisher_id, topic)
+    def notifier(self, publisher_id: str, topic: str, declare: bool = True) -> Notifier:
+        """Notifications on `topic`, one at a time, confirmed by the broker (thread-safe).
+        `declare` False: no `<topic>.<priority>` queue is declared (see BatchNotifier)."""
+        notifier = Notifier(self.settings, publisher_id, topic, declare)
         with self._lock:
             self._notifiers.append(notifier)
         return notifier
 
-    def batch_notifier(self, publisher_id: str, topic: str) -> BatchNotifier:
-        return BatchNotifier(self.settings, publisher_id, topic)
+    def batch_notifier(self, publisher_id: str, topic: str, declare: bool = True) -> BatchNotifier:
+        return BatchNotifier(self.settings, publisher_id, topic, declare)
 
     def notification_listener(
         self,
@@ -484,11 +798,48 @@ def bounded_queue_args(
     max_length: int = NOTIFY_QUEUE_MAX_LENGTH,
     ttl_s: float = NOTIFY_QUEUE_TTL_S,
 ) -> dict[str, Any]:
-    """Arguments of a queue that cannot grow without bound while nobody consumes it."""
+    """Arguments of a queue that cannot grow without bound while nobody consumes it.
+
+    Quorum queues (RabbitMQ >= 3.10) keep the same bounds: `x-max-length` drops the
+    oldest message (`x-overflow` drop-head, the default of both types, stated for
+    quorum queues so a policy cannot change it unseen) and `x-message-ttl` expires
+    messages. They add `x-delivery-limit`: a message delivered that many times more
+    without an ack is dead-lettered to `dead_letter_queue_name()`, never spun forever.
+    Classic queues have no delivery limit (RabbitMQ 3.10).
+    """
     args: dict[str, Any] = {"x-max-length": max_length, "x-message-ttl": int(ttl_s * 1000)}
     if settings.queue_type == "quorum":
+        args["x-overflow"] = "drop-head"
         args["x-queue-type"] = "quorum"
+        args["x-delivery-limit"] = settings.delivery_limit
+        args["x-dead-letter-exchange"] = ""  # the default exchange: routed by queue name
+        args["x-dead-letter-routing-key"] = dead_letter_queue_name(settings)
     return args
+
+
+DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_TTL_S = 14 * 86400
+
+
+def dead_letter_queue_name(settings: MessagingSettings) -> str:
+    return f"{settings.control_exchange}.dead-letter"
+
+
+def _dead_letter_queue(name: str, source_args: dict[str, Any]) -> kombu.Queue:
+    """Where quorum queues of a deployment put a message past its delivery limit:
+    bounded (oldest dropped past 10,000, kept 14 days), for an operator to inspect
+    (`rabbitmqctl list_queues`; the x-death header names the queue it came from)."""
+    return kombu.Queue(
+        name=name,
+        durable=True,
+        auto_delete=False,
+        queue_arguments={
+            "x-queue-type": source_args.get("x-queue-type", "classic"),
+            "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-message-ttl": DEAD_LETTER_TTL_S * 1000,
+            "x-overflow": "drop-head",
+        },
+    )
 
 
 def notification_queue(settings: MessagingSettings, key: str) -> kombu.Queue:
@@ -517,7 +868,23 @@ def declare_queue(conn: Any, queue: kombu.Queue) -> bool:
     channel); that queue is then used as it is, bound like the one asked for, and a
     warning names it (delete it while nothing publishes to it, and the next declare
     bounds it). False then. Any other error propagates.
+    A queue that dead-letters (quorum) gets its dead-letter queue declared first: a
+    message dead-lettered to a queue that does not exist is dropped.
     """
+    dead_letter = (queue.queue_arguments or {}).get("x-dead-letter-routing-key")
+    if dead_letter:
+        channel = conn.channel()
+        try:
+            _dead_letter_queue(str(dead_letter), queue.queue_arguments or {}).bind(
+                channel
+            ).declare()
+        except Exception as err:
+            if not _is_precondition_failed(err):
+                raise
+            log.warning("dead_letter_queue_differs", queue=dead_letter, problem=str(err))
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
     channel = conn.channel()
     try:
         queue.bind(channel).declare()
@@ -576,10 +943,16 @@ class BatchNotifier:
     Not thread-safe: one per sending thread (or `Notifier`, which locks).
     """
 
-    def __init__(self, settings: MessagingSettings, publisher_id: str, topic: str) -> None:
+    def __init__(
+        self, settings: MessagingSettings, publisher_id: str, topic: str, declare: bool = True
+    ) -> None:
         self._settings = settings
         self.publisher_id = publisher_id
         self.topic = topic
+        # False: publish only, declare no queue (agent events: the controller's own
+        # durable queue is bound to them; a per-host `<topic>.<priority>` queue nobody
+        # consumes would only fill up, and declaring it needs `configure` rights)
+        self._declare = declare
         self._exchange = _exchange(settings)
         self._conn: Any = None
         self._channel: Any = None
@@ -598,24 +971,24 @@ class BatchNotifier:
                 return
             except Exception as err:  # amqp raises many kinds; each means "not confirmed"
                 self._drop()
+                refused = access_refused(err, self._settings.transport_url)
+                if refused is not None:  # permissions do not heal by retrying
+                    log_access_refused(refused, topic=self.topic)
+                    raise refused from err
                 attempts += 1
                 retry = self._settings.send_retry
                 if retry >= 0 and attempts > retry:
                     raise BrokerUnreachable(
                         url=self._settings.transport_url.split("@")[-1],
-                        problem=f"{type(err).__name__}: {err}",
+                        problem=describe_connect_error(self._settings, err),
                     ) from err
                 # The first retry goes at once (the usual cause is a connection the
                 # broker closed while idle); then oslo's 1, 2, 4 s backoff.
                 time.sleep(0 if attempts == 1 else min(2 ** (attempts - 2), 4))
 
     def _connect(self) -> None:
-        self._conn = kombu.Connection(
-            _kombu_url(self._settings.transport_url),
-            connect_timeout=5,
-            heartbeat=0,
-        )
-        self._conn.ensure_connection(max_retries=1, timeout=5)
+        self._conn = connection(self._settings, 5, heartbeat=0)
+        ensure_connected(self._conn, 5)
         self._channel = self._conn.default_channel
         self._channel.confirm_select()
         self._channel.events["basic_ack"].add(self._on_ack)
@@ -639,7 +1012,7 @@ class BatchNotifier:
         channel = self._channel
         for priority, event_type, payload, request_id in batch:
             key = f"{self.topic}.{priority}"
-            if key not in self._declared:
+            if self._declare and key not in self._declared:
                 # on a channel of its own: a refused declare must not close this one
                 if not declare_queue(self._conn, notification_queue(self._settings, key)):
                     self.unbounded.add(key)
@@ -694,8 +1067,10 @@ class Notifier:
     logged and dropped. Thread-safe (one connection, used under a lock).
     """
 
-    def __init__(self, settings: MessagingSettings, publisher_id: str, topic: str) -> None:
-        self._publisher = BatchNotifier(settings, publisher_id, topic)
+    def __init__(
+        self, settings: MessagingSettings, publisher_id: str, topic: str, declare: bool = True
+    ) -> None:
+        self._publisher = BatchNotifier(settings, publisher_id, topic, declare)
         self._lock = threading.Lock()
 
     @property
@@ -736,12 +1111,15 @@ def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
     if not url.startswith("amqp://"):
         return
     try:
-        with kombu.Connection(url, connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
+        with connection(settings, timeout) as conn:
+            ensure_connected(conn, timeout)
     except (TimeoutError, OSError) as err:
+        if _ssl_cause(err) is not None:
+            problem = describe_connect_error(settings, err)
+            raise BrokerUnreachable(url=shown, problem=problem) from err
         raise BrokerUnreachable(url=shown, problem=str(err) or type(err).__name__) from err
     except Exception as err:  # amqp raises many kinds (AccessRefused, ...); all mean "no"
-        raise BrokerUnreachable(url=shown, problem=f"{type(err).__name__}: {err}") from err
+        raise BrokerUnreachable(url=shown, problem=describe_connect_error(settings, err)) from err
 
 
 def delete_queues(
@@ -756,6 +1134,7 @@ def delete_queues(
         contextlib.suppress(Exception),
         kombu.Connection(_kombu_url(transport_url), connect_timeout=timeout) as conn,
     ):
+        ensure_connected(conn, timeout)  # any live node of a cluster will do
         channel: Any = conn.channel()
         for queue in queues:
             try:
@@ -782,8 +1161,8 @@ def queue_state(settings: MessagingSettings, name: str, timeout: float = 3.0) ->
     (queue, no consumer) without the management plugin.
     """
     try:
-        with kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=timeout) as conn:
-            conn.ensure_connection(max_retries=1, interval_start=0.2, timeout=timeout)
+        with connection(settings, timeout) as conn:
+            ensure_connected(conn, timeout)
             channel = conn.channel()
             try:
                 ok = channel.queue_declare(queue=name, passive=True)
@@ -801,6 +1180,102 @@ def queue_state(settings: MessagingSettings, name: str, timeout: float = 3.0) ->
 
 
 @dataclass(frozen=True)
+class QueueBinding:
+    exchange: str
+    routing_key: str
+
+
+def declared_arguments(settings: MessagingSettings, old: dict[str, Any]) -> dict[str, Any]:
+    """The arguments the daemons of `settings` declare for a queue that has `old` now
+    (the classic <-> quorum switch): a bounded queue of ours (it has `x-max-length`)
+    keeps its bounds (`bounded_queue_args`: with quorum, plus delivery limit and
+    dead-lettering); an oslo RPC server queue gets what oslo declares (quorum:
+    `rabbit_quorum_queue` with the delivery limit; classic: no arguments)."""
+    if "x-max-length" in old:
+        ttl_ms = old.get("x-message-ttl", NOTIFY_QUEUE_TTL_S * 1000)
+        return bounded_queue_args(settings, int(old["x-max-length"]), int(ttl_ms) / 1000)
+    if settings.queue_type == "quorum":
+        return {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+    return {}
+
+
+def redeclare_queue(
+    settings: MessagingSettings,
+    name: str,
+    arguments: dict[str, Any],
+    bindings: Sequence[QueueBinding],
+    timeout: float = 10.0,
+) -> tuple[int, int]:
+    """Re-declare durable queue `name` with `arguments` (a new type), keeping its
+    messages and `bindings`: every message is moved to a temporary queue, the queue is
+    deleted (only if empty) and declared anew, bound again, and the messages moved back.
+
+    Each move publishes a copy (body, properties, headers; `x-delivery-count` dropped)
+    with publisher confirms and acknowledges the original only once the broker
+    confirmed the copy, in order: a crash mid-way leaves every message in one of the
+    two queues (the temporary one is `<name>.switch-tmp`, and a second run carries
+    on). Run with every consumer and publisher of the queue stopped. Returns (moved
+    out, moved back).
+    """
+    tmp = f"{name}.switch-tmp"
+    with connection(settings, timeout) as conn:
+        ensure_connected(conn, timeout)
+        channel: Any = conn.channel()
+        channel.confirm_select()
+        channel.queue_declare(queue=tmp, durable=True, auto_delete=False)
+        channel.queue_declare(queue=name, passive=True)
+        moved_out = _move_all(channel, name, tmp)
+        left = channel.queue_declare(queue=name, passive=True).message_count
+        if left:
+            raise RuntimeError(f"queue {name} still holds {left} messages: is a publisher running?")
+        # (no if_empty: quorum queues refuse it; emptiness was checked just above)
+        channel.queue_delete(queue=name)
+        queue = kombu.Queue(
+            name=name,
+            durable=True,
+            auto_delete=False,
+            queue_arguments=arguments,
+            bindings=[
+                kombu.binding(kombu.Exchange(b.exchange, type="topic", durable=True), b.routing_key)
+                for b in bindings
+            ],
+        )
+        channel.close()
+        if not declare_queue(conn, queue):
+            raise RuntimeError(f"queue {name} was re-declared by someone else meanwhile")
+        # a fresh channel: RabbitMQ 3.10 crashes a channel that used the old (classic)
+        # queue when it publishes to the new (quorum) queue of the same name
+        channel = conn.channel()
+        channel.confirm_select()
+        moved_back = _move_all(channel, tmp, name)
+        channel.queue_delete(queue=tmp, if_empty=True)
+    return moved_out, moved_back
+
+
+def _move_all(channel: Any, source: str, target: str) -> int:
+    moved = 0
+    while True:
+        msg = channel.basic_get(queue=source, no_ack=False)
+        if msg is None:
+            return moved
+        props = dict(msg.properties)
+        headers = {k: v for k, v in (props.pop("application_headers", None) or {}).items()}
+        headers.pop("x-delivery-count", None)
+        copy = channel.prepare_message(
+            msg.body,
+            priority=props.pop("priority", None),
+            content_type=props.pop("content_type", None),
+            content_encoding=props.pop("content_encoding", None),
+            headers=headers,
+            properties=props,
+        )
+        # confirm mode (py-amqp): basic_publish returns once the broker confirmed it
+        channel.basic_publish(copy, exchange="", routing_key=target)
+        channel.basic_ack(msg.delivery_tag)
+        moved += 1
+
+
+@dataclass(frozen=True)
 class Event:
     """One notification as a watcher sees it."""
 
@@ -810,9 +1285,12 @@ class Event:
     timestamp: str
     payload: Any  # a validated Message, or the raw payload if it did not validate
     request_id: str | None
+    routing_key: str = ""  # as the broker delivered it (names the publishing host)
+    # the broker delivered it before (to a consumer that did not acknowledge it)
+    redelivered: bool = False
 
 
-def decode_notification(body: Any) -> Event | None:
+def decode_notification(body: Any, routing_key: str = "") -> Event | None:
     """An oslo messagingv2 notification as an Event; None when it is not one.
 
     A payload envelope that does not validate is kept raw (`payload` is then a dict).
@@ -833,6 +1311,7 @@ def decode_notification(body: Any) -> Event | None:
             timestamp=str(msg.get("timestamp")),
             payload=payload,
             request_id=ctxt.get("request_id"),
+            routing_key=routing_key,
         )
     except (ValueError, AttributeError, TypeError):
         return None
@@ -848,8 +1327,8 @@ class EventWatcher:
 
     def __init__(self, settings: MessagingSettings, routing_keys: Iterable[str]) -> None:
         self._settings = settings
-        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
-        self._conn.ensure_connection(max_retries=1, timeout=5)
+        self._conn = connection(settings, 5)
+        ensure_connected(self._conn, 5)
         exchange = kombu.Exchange(
             settings.control_exchange,
             type="topic",
@@ -919,10 +1398,34 @@ class RetryLater(Exception):
     down); it goes back to the queue and is offered again after a pause."""
 
 
+def deliveries(message: Any) -> int:
+    """How many times `message` has been delivered, this time included (quorum queues
+    count earlier deliveries in `x-delivery-count`; other queues say nothing: 1)."""
+    with contextlib.suppress(TypeError, ValueError):
+        return int((message.headers or {}).get("x-delivery-count", 0)) + 1
+    return 1
+
+
+def message_id(body: Any, message: Any) -> str:
+    """The notification's own message_id (inside oslo's envelope), else the AMQP one."""
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        outer = body if isinstance(body, dict) else json.loads(body)
+        inner = outer.get("oslo.message")
+        msg = json.loads(inner) if isinstance(inner, str) else outer
+        if msg.get("message_id"):
+            return str(msg["message_id"])[:80]
+    return str((message.properties or {}).get("message_id", "?"))[:80]
+
+
 class _QueueConsumer:
     """Consume `queues` on one thread, reconnecting; each declared by `declare_queue`.
 
-    `on_message(body, message)` acks, requeues or rejects each message itself.
+    `on_message(body, message)` acks, requeues (`give_back`) or rejects each message
+    itself. With a cluster URL the connection fails over to another node when its node
+    dies (kombu's failover list, `connection()`), and consuming resumes there.
+    On quorum queues a message carries `x-delivery-count` (deliveries before this one);
+    `give_back` at the last delivery the limit allows dead-letters it and logs
+    `poison_message` (queue, message id, deliveries) instead of requeueing it.
     """
 
     def __init__(
@@ -933,12 +1436,18 @@ class _QueueConsumer:
         *,
         prefetch: int,
         name: str,
+        on_iteration: Callable[[Callable[[float], bool]], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         from kombu.mixins import ConsumerMixin
 
         self.queues = list(queues)
         self.name = name
         self.unbounded: set[str] = set()  # queues found declared without our bounds
+        _install_connection_lost_filter()
+        self.limit = settings.delivery_limit if settings.queue_type == "quorum" else None
+        self.dead_letter_queue = dead_letter_queue_name(settings)
+        self.current_queue = ""  # the queue of the message in hand (one thread)
         outer = self
 
         class _Mixin(ConsumerMixin):  # type: ignore[misc]
@@ -946,33 +1455,72 @@ class _QueueConsumer:
                 self.connection = connection
                 self.consuming = threading.Event()
                 self.last_error = ""
+                self.conn: Any = None  # the connection consuming now
 
             def get_consumers(self, consumer_cls: Any, channel: Any) -> list[Any]:
                 # Declared here, on every (re)connect, each on a channel of its own; the
                 # consumer itself then declares nothing (a refused redeclare of an
                 # older unbounded queue would close the consuming channel).
-                ready = []
+                consumers = []
                 for queue in outer.queues:
-                    if not declare_queue(channel.connection, queue):
-                        outer.unbounded.add(queue.name)
+                    try:
+                        if not declare_queue(channel.connection, queue):
+                            outer.unbounded.add(queue.name)
+                    except Exception as err:
+                        outer._pause_if_refused(err)
+                        raise
                     q = queue.bind(channel)
                     q.no_declare = True
-                    ready.append(q)
-                return [
-                    consumer_cls(
-                        queues=ready,
-                        callbacks=[on_message],
-                        accept=["json"],
-                        prefetch_count=prefetch,
+                    # one consumer per queue: a message's queue is known (poison report)
+                    consumers.append(
+                        consumer_cls(
+                            queues=[q],
+                            callbacks=[outer._deliver(queue.name, on_message)],
+                            accept=["json"],
+                            prefetch_count=prefetch,
+                        )
                     )
-                ]
+                return consumers
+
+            def on_connection_revived(self) -> None:
+                # messages held from the connection before are not ours to ack any more
+                self.conn = None
+                if on_connect is not None:
+                    on_connect()
 
             def on_consume_ready(self, connection: Any, channel: Any, consumers: Any) -> None:
+                self.conn = connection
                 self.consuming.set()
+
+            def on_iteration(self) -> None:
+                # before each blocking wait for the next message: the caller may take
+                # what is already there (drain) and act on what it collected
+                if on_iteration is not None and self.conn is not None:
+                    on_iteration(self.drain)
+
+            def drain(self, timeout: float) -> bool:
+                """Hand over the next message if one comes within `timeout`."""
+                try:
+                    self.conn.drain_events(timeout=timeout)
+                except TimeoutError:
+                    return False
+                return True
+
+            def on_decode_error(self, message: Any, exc: BaseException) -> None:
+                # kombu logs the whole body (up to the frame size) at error level: one
+                # named line instead; the message is acknowledged (it can never decode)
+                log.warning(
+                    "notification_unreadable",
+                    consumer=outer.name,
+                    content_type=str(message.content_type)[:80],
+                    size=len(message.body or b""),
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                )
+                message.ack()
 
             def on_connection_error(self, exc: BaseException, interval: float) -> None:
                 self.consuming.clear()
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = describe_connect_error(settings, exc)
                 log.warning(
                     "broker_connect_failed",
                     consumer=outer.name,
@@ -980,9 +1528,41 @@ class _QueueConsumer:
                     retry_in_s=interval,
                 )
 
-        self._conn = kombu.Connection(_kombu_url(settings.transport_url), connect_timeout=5)
+        self._conn = connection(settings, 5)
+        self._settings = settings
         self._mixin = _Mixin(self._conn)
         self._thread: threading.Thread | None = None
+
+    def _deliver(
+        self, queue: str, on_message: Callable[[Any, Any], None]
+    ) -> Callable[[Any, Any], None]:
+        def deliver(body: Any, message: Any) -> None:
+            self.current_queue = queue
+            if self.limit is not None and deliveries(message) > self.limit:
+                # its last chance: if this process dies on it, the broker dead-letters it
+                log.warning(
+                    "message_last_delivery",
+                    queue=queue,
+                    message_id=message_id(body, message),
+                    deliveries=deliveries(message),
+                )
+            on_message(body, message)
+
+        return deliver
+
+    def give_back(self, body: Any, message: Any) -> None:
+        """Requeue `message`; past the delivery limit, dead-letter it and report it."""
+        if self.limit is not None and deliveries(message) > self.limit:
+            log.error(
+                "poison_message",
+                queue=self.current_queue,
+                message_id=message_id(body, message),
+                deliveries=deliveries(message),
+                dead_letter_queue=self.dead_letter_queue,
+            )
+            message.reject(requeue=False)
+            return
+        message.requeue()
 
     def start(self, ready_timeout: float | None = None) -> None:
         """Consume; return once consuming. Without `ready_timeout` it waits for the broker
@@ -1006,14 +1586,38 @@ class _QueueConsumer:
 
     def _run(self) -> None:
         # kombu's loop reconnects after connection errors; a channel error (a queue
-        # deleted under it, a refused declare) ends it: start again after a pause.
+        # deleted under it, a refused declare) ends it: start again after a pause. A
+        # refusal by the broker's permissions will not heal by itself: named at error
+        # level, retried every 30 s (an operator may fix the grant meanwhile).
         while not self._mixin.should_stop:
             try:
                 self._mixin.run()
             except Exception as err:
                 self._mixin.consuming.clear()
-                log.warning("consumer_restarting", consumer=self.name, error=str(err))
-                time.sleep(1.0)
+                refused = access_refused(err, self._settings.transport_url)
+                if refused is not None:
+                    self._mixin.last_error = str(refused)
+                    log_access_refused(refused, consumer=self.name, retry_in_s=30)
+                    pause = 30.0
+                else:
+                    log.warning("consumer_restarting", consumer=self.name, error=str(err))
+                    pause = 1.0
+                deadline = time.monotonic() + pause
+                while not self._mixin.should_stop and time.monotonic() < deadline:
+                    time.sleep(0.2)
+
+    def _pause_if_refused(self, err: BaseException) -> None:
+        """The broker's permissions refused a declare: kombu's loop would retry every
+        second. Name it at error level and wait 30 s first (an operator may fix the
+        grant meanwhile); stop() ends the wait."""
+        refused = access_refused(err, self._settings.transport_url)
+        if refused is None:
+            return
+        self._mixin.last_error = str(refused)
+        log_access_refused(refused, consumer=self.name, retry_in_s=30)
+        deadline = time.monotonic() + 30.0
+        while not self._mixin.should_stop and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     def consuming(self) -> bool:
         return self._mixin.consuming.is_set()
@@ -1039,10 +1643,20 @@ class EventConsumer:
     queue carries its own bounds (`x-max-length`, `x-message-ttl`) so it cannot grow
     without limit while nobody consumes it.
 
-    `handler` returning means done (ack). RetryLater: requeued after `retry_pause`
-    seconds (a database outage must not spin). Any other exception: logged by the
-    caller's handler wrapper and acked, since a poison message retried forever would
-    stop every event behind it.
+    `handler` returning means done (ack). RetryLater (a database outage): the same
+    event is handed to `handler` again every `retry_pause` seconds, kept unacknowledged
+    meanwhile, in order, and not requeued: a quorum queue counts every requeue against
+    its delivery limit, so an outage longer than the limit would dead-letter good
+    events. Stopped meanwhile, it goes back to the queue when the connection closes.
+    Any other exception: logged by the caller's handler wrapper and acked, since a
+    poison message retried forever would stop every event behind it.
+
+    With `batch_handler`, the events already delivered (up to `batch`, gathered for at
+    most `gather_s`: a lone event is not held back) go to it together, and are all
+    acknowledged after it returned; so a crash redelivers the whole batch, and the
+    handler must be harmless to run twice on it. RetryLater holds the whole batch as
+    above; any other exception: the batch's events go to `handler` one by one, so a
+    poison event is reported (and acked) alone and the others still count.
     """
 
     def __init__(
@@ -1057,11 +1671,19 @@ class EventConsumer:
         ttl_s: float = 7 * 86400,
         prefetch: int = 64,
         retry_pause: float = 1.0,
+        batch_handler: Callable[[list[Event]], None] | None = None,
+        batch: int = 64,
+        gather_s: float = 0.005,
     ) -> None:
         self._handler = handler
         self._on_error = on_error
         self._retry_pause = retry_pause
         self._stop = threading.Event()
+        self._batch_handler = batch_handler
+        self._batch = max(1, min(batch, prefetch))
+        self._gather_s = gather_s
+        self._pending: list[tuple[Any, Any]] = []  # delivered, not yet handled
+        self.batches = 0  # batches handed to batch_handler (for tests and benches)
         exchange = _exchange(settings)
         self.queue = kombu.Queue(
             name=queue_name,
@@ -1071,27 +1693,104 @@ class EventConsumer:
             auto_delete=False,
             queue_arguments=bounded_queue_args(settings, max_length, ttl_s),
         )
-        self._consumer = _QueueConsumer(
-            settings, [self.queue], self._on_message, prefetch=prefetch, name="events"
-        )
+        if batch_handler is None:
+            self._consumer = _QueueConsumer(
+                settings, [self.queue], self._on_message, prefetch=prefetch, name="events"
+            )
+        else:
+            self._consumer = _QueueConsumer(
+                settings,
+                [self.queue],
+                self._collect,
+                prefetch=prefetch,
+                name="events",
+                on_iteration=self._flush,
+                on_connect=self._pending.clear,
+            )
 
-    def _on_message(self, body: Any, message: Any) -> None:
-        event = decode_notification(body)
+    def _decode(self, body: Any, message: Any) -> Event | None:
+        info = getattr(message, "delivery_info", None) or {}
+        event = decode_notification(body, str(info.get("routing_key", "")))
         if event is None:
             self._on_error(
                 InvalidMessage(schema="notification", problem="not an oslo notification"), body
             )
             message.ack()
+            return None
+        if info.get("redelivered"):
+            event = replace(event, redelivered=True)
+        return event
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        event = self._decode(body, message)
+        if event is not None and self._handle(event):
+            message.ack()
+
+    def _handle(self, event: Event) -> bool:
+        """`handler` on one event; False when stopped while the database was away."""
+        while True:
+            try:
+                self._handler(event)
+            except RetryLater:
+                if self._stop.wait(self._retry_pause):
+                    return False  # unacknowledged: back to the queue when the connection closes
+                continue
+            except Exception as err:  # a poison message is reported and dropped, never spun
+                self._on_error(err, event)
+            return True
+
+    def _collect(self, body: Any, message: Any) -> None:
+        self._pending.append((body, message))
+
+    def _flush(self, drain: Callable[[float], bool]) -> None:
+        """Take what else is there already (bounded in count and time), then handle it."""
+        if not self._pending:
             return
-        try:
-            self._handler(event)
-        except RetryLater:
-            if not self._stop.wait(self._retry_pause):
-                message.requeue()
+        deadline = time.monotonic() + self._gather_s
+        while len(self._pending) < self._batch:
+            left = deadline - time.monotonic()
+            if left <= 0 or not drain(left):
+                break
+        taken, self._pending[:] = list(self._pending), []
+        batch: list[tuple[Event, Any]] = []
+        for body, message in taken:
+            event = self._decode(body, message)
+            if event is not None:
+                batch.append((event, message))
+        if not batch:
             return
-        except Exception as err:  # a poison message is reported and dropped, never spun
-            self._on_error(err, event)
-        message.ack()
+        if len(batch) > 1:
+            outcome = self._handle_batch([event for event, _ in batch])
+            if outcome == "stopped":
+                return  # unacknowledged: back to the queue when the connection closes
+            if outcome == "done":
+                for _, message in batch:
+                    message.ack()
+                return
+        for event, message in batch:  # one by one: the poison one alone is dropped
+            if not self._handle(event):
+                return  # stopped: the rest go back to the queue with the connection
+            message.ack()
+
+    def _handle_batch(self, events: list[Event]) -> Literal["done", "one_by_one", "stopped"]:
+        """`batch_handler` on `events`: "one_by_one" when it raised (a poison event)."""
+        assert self._batch_handler is not None
+        while True:
+            try:
+                self._batch_handler(events)
+            except RetryLater:
+                if self._stop.wait(self._retry_pause):
+                    return "stopped"
+                continue
+            except Exception as err:
+                log.warning(
+                    "event_batch_failed",
+                    events=len(events),
+                    error=f"{type(err).__name__}: {err}"[:200],
+                )
+                return "one_by_one"
+            self.batches += 1
+            return "done"
 
     def start(self, ready_timeout: float | None = None) -> None:
         self._consumer.start(ready_timeout)
@@ -1120,7 +1819,9 @@ class NotificationListener:
     the queue).
     An endpoint that raises is logged and the message acknowledged (requeued after a
     pause when `allow_requeue`); one returning "requeue" (oslo's
-    NotificationResult.REQUEUE) is requeued when `allow_requeue`.
+    NotificationResult.REQUEUE) is requeued when `allow_requeue`. On quorum queues a
+    message requeued up to `[messaging] delivery_limit` times is dead-lettered instead
+    (`poison_message`, see `_QueueConsumer`).
     """
 
     def __init__(
@@ -1217,7 +1918,7 @@ class NotificationListener:
         if requeue and self._allow_requeue:
             # a requeued message comes back at once (docs/platform.md): pause first
             if not self._stopping.wait(self._retry_pause):
-                message.requeue()
+                self._consumer.give_back(body, message)
             return
         message.ack()
 

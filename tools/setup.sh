@@ -16,6 +16,8 @@ PACKAGES=(
     pkg-config gcc python3-dev python3-venv
     busybox-static socat iproute2 procps iputils-ping cpio xz-utils zstd kmod
     systemd libxml2-utils
+    # the API's TLS tests make a throwaway CA with it
+    openssl
     # the pid1/fresh tests: a Debian 12 root file system booted by a real systemd
     debootstrap systemd-container
 )
@@ -26,7 +28,7 @@ PACKAGES=(
 PROGRAMS=(
     qemu-img qemu-system-x86_64 virsh virt-xml-validate xmllint
     ip bridge socat busybox cpio xz zstd modprobe ping setsid systemd-analyze
-    debootstrap systemd-nspawn nsenter
+    debootstrap systemd-nspawn nsenter openssl
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -12,6 +12,8 @@ Parts, one module each:
 - `configs`: configs rendered from the `etc/` samples, agents' command lines read
   from the `systemd/` units;
 - `broker`: the queues and exchange of one lab, removed afterwards;
+- `cluster`: `BrokerCluster`, a RabbitMQ cluster on this machine's loopback
+  (tools/rabbitmq-cluster.sh, through `python -m agents.lab.broker`);
 - `database`: a scratch PostgreSQL database for a controller, dropped afterwards;
 - `host`: `LabHost`, one host (namespace, files, its l2-agent and compute-agent,
   libvirt test driver or qemu:///embed guests);

@@ -7,14 +7,30 @@ the per-host queues of every host handed out, the deployment-wide ones named aft
 exchange (the controller's RPC queue), the extra queues registered (the controller's
 events queue) and the exchange; deleting what is already gone is fine.
 
-Must not delete a queue it was not told about: other deployments share the broker.
+`BrokerScope.new(prefix, transport_url, queue_type)` puts a lab on another broker, such
+as a cluster of this machine (a host's namespace then relays every node's port).
+
+`BrokerCluster` (agents/lab/cluster.py, re-exported here) is a RabbitMQ cluster on this
+machine's loopback; `python -m agents.lab.broker up|down|status|kill|start` drives it
+(tools/rabbitmq-cluster.sh).
+
+Must not delete a queue it was not told about: other deployments share the broker;
+must not touch the machine's own broker, its cookie or epmd.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from agents.lab.procs import unique
+from agents.lab.cluster import BrokerCluster, BrokerNode, free_base_port
+from agents.lab.procs import LabError, unique
+
+__all__ = ["BrokerCluster", "BrokerNode", "BrokerScope", "free_base_port"]
 
 # The broker every lab on this machine shares (oslo.messaging form, as in shared.conf).
 TRANSPORT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
@@ -44,10 +60,26 @@ class BrokerScope:
     suffix: str
     hosts: list[str] = field(default_factory=list)
     queues: list[str] = field(default_factory=list)
+    # the broker (or cluster, `BrokerCluster.transport_url`) and queue type of the lab
+    transport_url: str = TRANSPORT_URL
+    queue_type: str = "classic"
 
     @classmethod
-    def new(cls, prefix: str = "lab-") -> BrokerScope:
-        return cls(exchange=unique(prefix), suffix=unique(""))
+    def new(
+        cls, prefix: str = "lab-", transport_url: str = TRANSPORT_URL, queue_type: str = "classic"
+    ) -> BrokerScope:
+        return cls(
+            exchange=unique(prefix),
+            suffix=unique(""),
+            transport_url=transport_url,
+            queue_type=queue_type,
+        )
+
+    @property
+    def ports(self) -> list[int]:
+        """The broker ports of `transport_url` (all on 127.0.0.1): what a host's
+        namespace relays."""
+        return broker_ports(self.transport_url)
 
     def host(self, name: str) -> str:
         full = f"{name}-{self.suffix}" if self.suffix else name
@@ -64,34 +96,80 @@ class BrokerScope:
         delete(
             [q for h in self.hosts for q in host_queues(h)]
             + deployment_queues(self.exchange)
+            + [f"{self.exchange}.dead-letter"]  # declared with quorum queues only
             + self.queues,
             exchange=self.exchange,
+            url=self.transport_url,
         )
 
 
-def delete(queues: list[str], exchange: str | None = None) -> None:
+def broker_ports(transport_url: str) -> list[int]:
+    netloc = transport_url.split("://", 1)[-1].partition("/")[0]
+    return [int(h.rpartition(":")[2]) for h in netloc.split(",") if h.rpartition(":")[2].isdigit()]
+
+
+def delete(queues: list[str], exchange: str | None = None, url: str = TRANSPORT_URL) -> None:
     """Delete `queues` and `exchange` if they exist; a broker that is down is ignored."""
     from common.rpc import delete_queues
 
-    delete_queues(TRANSPORT_URL, queues, exchange)
+    delete_queues(url, queues, exchange)
 
 
-def _state(queue: str) -> tuple[bool, int]:
+def _state(queue: str, url: str) -> tuple[bool, int]:
     from common.config import MessagingSettings
     from common.errors import BrokerUnreachable
     from common.rpc import queue_state
 
     try:
-        state = queue_state(MessagingSettings(transport_url=TRANSPORT_URL), queue)
+        state = queue_state(MessagingSettings(transport_url=url), queue)
     except BrokerUnreachable:
         return False, 0
     return state.exists, state.consumers
 
 
-def consumers(queue: str) -> int:
+def consumers(queue: str, url: str = TRANSPORT_URL) -> int:
     """Consumers of `queue` (0 when nobody declared it yet)."""
-    return _state(queue)[1]
+    return _state(queue, url)[1]
 
 
-def queue_exists(queue: str) -> bool:
-    return _state(queue)[0]
+def queue_exists(queue: str, url: str = TRANSPORT_URL) -> bool:
+    return _state(queue, url)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m agents.lab.broker up|down|status` (tools/rabbitmq-cluster.sh)."""
+    parser = argparse.ArgumentParser(
+        prog="rabbitmq-cluster", description="A RabbitMQ cluster on this machine's loopback."
+    )
+    parser.add_argument("action", choices=["up", "down", "status", "kill", "start"])
+    parser.add_argument("--name", default="agents-lab")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--base-port", type=int, default=5681)
+    parser.add_argument("--state-dir", type=Path, default=None)
+    parser.add_argument("--node", type=int, default=1, help="for kill and start")
+    parser.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), default=None)
+    args = parser.parse_args(argv)
+    try:
+        cluster = BrokerCluster(
+            args.name, args.nodes, args.base_port, tls=args.tls, state_dir=args.state_dir
+        )
+        if args.action == "up":
+            started = time.monotonic()
+            cluster.up()
+            print(f"up in {time.monotonic() - started:.1f}s")
+        elif args.action == "down":
+            cluster.down()
+        elif args.action == "kill":
+            cluster.kill(args.node)
+        elif args.action == "start":
+            cluster.start(args.node)
+        if args.action != "down":
+            print(json.dumps(cluster.status(), indent=2))
+    except LabError as err:
+        print(f"rabbitmq-cluster: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

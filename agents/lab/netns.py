@@ -3,7 +3,9 @@
 A process inside a namespace cannot reach the root namespace's 127.0.0.1, so each
 `NamespaceHost` runs two socat relays: one in the root namespace from a unix socket to
 the broker, one inside the namespace from its own 127.0.0.1:5672 to that socket.
-Agents inside then use the ordinary `rabbit://guest:guest@127.0.0.1:5672/`.
+Agents inside then use the ordinary `rabbit://guest:guest@127.0.0.1:5672/`. For a
+broker cluster on this machine (`broker_ports`, one per node) each port gets its pair
+of relays, so the cluster's multi-node URL works unchanged inside.
 
 Owns the namespace, its relays, the processes spawned in it and a scratch directory.
 Everything is removed by `close()`, also after a failure: processes first, then the
@@ -42,9 +44,15 @@ def port_open(netns: str | None, port: int) -> bool:
 class NamespaceHost:
     """A network namespace standing for one host, with the broker reachable inside it."""
 
-    def __init__(self, name: str | None = None, relay_broker: bool = True) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        relay_broker: bool = True,
+        broker_ports: Sequence[int] = (BROKER[1],),
+    ) -> None:
         self.name = name or unique("tns")
         self.relay_broker = relay_broker
+        self.broker_ports = list(broker_ports)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
         self.sock = self.tmp / "broker.sock"
@@ -54,7 +62,8 @@ class NamespaceHost:
             run(["ip", "netns", "add", self.name])
             self.exec_check(["ip", "link", "set", "lo", "up"])
             if self.relay_broker:
-                self._start_relay()
+                for port in self.broker_ports:
+                    self._start_relay(port)
         except BaseException:
             self.close()
             raise
@@ -63,15 +72,16 @@ class NamespaceHost:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start_relay(self) -> None:
+    def _start_relay(self, port: int = BROKER[1]) -> None:
+        sock = self.sock if port == BROKER[1] else self.tmp / f"broker-{port}.sock"
         self.procs.append(
             subprocess.Popen(
-                ["socat", f"UNIX-LISTEN:{self.sock},fork", f"TCP:{BROKER[0]}:{BROKER[1]}"],
+                ["socat", f"UNIX-LISTEN:{sock},fork", f"TCP:{BROKER[0]}:{port}"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_for(self.sock.exists, 5, what="root-side relay socket")
+        wait_for(sock.exists, 5, what="root-side relay socket")
         self.procs.append(
             subprocess.Popen(
                 [
@@ -80,18 +90,18 @@ class NamespaceHost:
                     "exec",
                     self.name,
                     "socat",
-                    f"TCP-LISTEN:{BROKER[1]},bind=127.0.0.1,fork,reuseaddr",
-                    f"UNIX-CONNECT:{self.sock}",
+                    f"TCP-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr",
+                    f"UNIX-CONNECT:{sock}",
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_for(lambda: port_open(self.name, BROKER[1]), 5, what="namespace-side relay")
+        wait_for(lambda: port_open(self.name, port), 5, what="namespace-side relay")
 
     @property
     def relays(self) -> list[subprocess.Popen[bytes]]:
-        return self.procs[:2] if self.relay_broker else []
+        return self.procs[: 2 * len(self.broker_ports)] if self.relay_broker else []
 
     def exec_check(self, cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
         return run(["ip", "netns", "exec", self.name, *cmd])
