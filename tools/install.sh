@@ -13,12 +13,29 @@
 #   --no-broker-policy   do not run rabbitmqctl (the broker is on another host: set the
 #                    policy there, see docs/operations.md)
 #   --python PY      interpreter the venv is made from (default /usr/bin/python3)
+#   --broker-accounts / --no-broker-accounts
+#                    create a broker account per daemon (controller, compute-HOST, l2-HOST
+#                    for this host) with its password in /etc/agents/<daemon>.d/broker.conf
+#                    (0600, the daemon's user). Default: when rabbitmqctl is on this machine
+#                    and the target is /. Without rabbitmqctl the daemons keep shared.conf's
+#                    account; on the broker's machine: agents-controller broker-accounts
+#                    add-host NODE --out DIR, then copy DIR's *.d to NODE (docs/security.md)
+#   --account-prefix P   prefix of those account names (default none)
+#   --broker-tls     TLS for the local broker: a CA and a broker certificate (made here
+#                    with `agents-controller certs`, or --tls-ca/--tls-cert/--tls-key FILE of
+#                    the operator's), an AMQPS listener on 127.0.0.1:--broker-tls-port (5671)
+#                    in /etc/rabbitmq/conf.d/50-agents-tls.conf, and every daemon connecting
+#                    with TLS, verifying the broker (needs the broker accounts)
+#   --broker-plain-off   with --broker-tls: no plain AMQP listener (listeners.tcp = none)
+#                    (the broker reads its config when restarted: install does not restart it)
 #
 # What it puts where (what it created is recorded in /opt/agents/manifest for --uninstall):
 #   /opt/agents/venv            a venv with this package (pip install of the checkout)
 #   /opt/agents/share/          pristine sample configs, docs
 #   /usr/local/bin/{agentctl,compute-agent,l2-agent}  symlinks into the venv
 #   /etc/agents/*.conf          sample configs, only where no file exists yet (0640 root:agents)
+#   /etc/agents/tokens          the API's token file: hashes only (0600 agents:agents)
+#   /root/.config/agents/token  an admin API token for root's agentctl (0600), made once
 #   /etc/systemd/system/{agents-controller,compute-agent,l2-agent}.service
 #   user `agents`               runs agents-controller (no privileges, no login)
 #   /var/lib/agents/{,images,instances}  state, base images, instance disks
@@ -43,6 +60,14 @@ BROKER_POLICY=1
 PYTHON=/usr/bin/python3
 ACTION=install
 PURGE=0
+BROKER_ACCOUNTS=auto
+ACCOUNT_PREFIX=""
+BROKER_TLS=0
+BROKER_PLAIN_OFF=0
+TLS_PORT=5671
+TLS_CA=""
+TLS_CERT=""
+TLS_KEY=""
 
 UNITS=(agents-controller.service compute-agent.service l2-agent.service)
 SCRIPTS=(agentctl agents-controller compute-agent l2-agent)
@@ -67,6 +92,15 @@ while [ $# -gt 0 ]; do
         --vhost) VHOST="${2:?--vhost needs a name}"; VHOST_GIVEN=1; shift 2 ;;
         --no-broker-policy) BROKER_POLICY=0; shift ;;
         --python) PYTHON="${2:?--python needs an interpreter}"; shift 2 ;;
+        --broker-accounts) BROKER_ACCOUNTS=1; shift ;;
+        --no-broker-accounts) BROKER_ACCOUNTS=0; shift ;;
+        --account-prefix) ACCOUNT_PREFIX="${2?--account-prefix needs a value}"; shift 2 ;;
+        --broker-tls) BROKER_TLS=1; shift ;;
+        --broker-plain-off) BROKER_PLAIN_OFF=1; shift ;;
+        --broker-tls-port) TLS_PORT="${2:?--broker-tls-port needs a port}"; shift 2 ;;
+        --tls-ca) TLS_CA="$(realpath "${2:?--tls-ca needs a file}")"; shift 2 ;;
+        --tls-cert) TLS_CERT="$(realpath "${2:?--tls-cert needs a file}")"; shift 2 ;;
+        --tls-key) TLS_KEY="$(realpath "${2:?--tls-key needs a file}")"; shift 2 ;;
         --uninstall) ACTION=uninstall; shift ;;
         --purge) PURGE=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -75,6 +109,11 @@ while [ $# -gt 0 ]; do
 done
 [ "$ROOT" = "/" ] && ROOT=""
 [ "$PURGE" = 1 ] && [ "$ACTION" != uninstall ] && die "--purge goes with --uninstall"
+[ "$BROKER_PLAIN_OFF" = 1 ] && [ "$BROKER_TLS" != 1 ] && die "--broker-plain-off needs --broker-tls"
+[ "$BROKER_TLS" = 1 ] && [ "$BROKER_ACCOUNTS" = 0 ] && die "--broker-tls needs the broker accounts"
+if [ -n "$TLS_CA$TLS_CERT$TLS_KEY" ] && { [ -z "$TLS_CA" ] || [ -z "$TLS_CERT" ] || [ -z "$TLS_KEY" ]; }; then
+    die "--tls-ca, --tls-cert and --tls-key go together"
+fi
 [ "$(id -u)" = 0 ] || die "run as root (it creates users and writes /etc, /opt, /var/lib)"
 
 SHARE="$ROOT$PREFIX/share"
@@ -105,6 +144,7 @@ account() {
 has_group() { account group "$1" >/dev/null; }
 has_user() { account passwd "$1" >/dev/null; }
 gid_of() { account group "$1" | cut -d: -f3; }
+uid_of() { account passwd "$1" | cut -d: -f3; }
 record() { echo "$*" >>"$MANIFEST"; }
 recorded() { [ -f "$MANIFEST" ] && grep -qxF "$*" "$MANIFEST"; }
 
@@ -194,6 +234,27 @@ install_configs() {
     done
 }
 
+install_api_token() {
+    # The API wants a bearer token (docs/security.md). The controller (user agents) reads
+    # the hashes in $ETC/tokens; root's agentctl finds the secret in ~/.config/agents/token.
+    local tokens="$ETC/tokens" secret="$ROOT/root/.config/agents/token" name
+    if [ ! -e "$tokens" ]; then
+        install -m 0600 -o "$(uid_of "$SERVICE_USER")" -g "$(gid_of "$GROUP")" /dev/null "$tokens"
+        say "created $tokens (API token hashes)"
+    fi
+    [ -e "$secret" ] && { say "kept $secret (root's API token)"; return 0; }
+    install -d -m 0700 "$(dirname "$secret")"
+    name="root-$(date -u +%Y%m%d%H%M%S)"
+    if (umask 077; "$VENV/bin/agents-controller" --config-file "$ETC/shared.conf" \
+            --config-file "$ETC/controller.conf" token --tokens-file "$tokens" \
+            add --role admin "$name" >"$secret"); then
+        say "made admin API token $name for root: $secret (agentctl reads it there)"
+    else
+        rm -f "$secret"
+        say "WARNING: no API token made; later: agents-controller token add --role admin NAME"
+    fi
+}
+
 install_units() {
     mkdir -p "$UNIT_DIR"
     for unit in "${UNITS[@]}"; do
@@ -229,6 +290,97 @@ install_broker_policy() {
     fi
 }
 
+# ------------------------------------------------------------------ broker accounts, TLS
+
+broker_accounts_wanted() {
+    case "$BROKER_ACCOUNTS" in
+        1) command -v rabbitmqctl >/dev/null || die "--broker-accounts: rabbitmqctl is not installed here"
+           return 0 ;;
+        0) return 1 ;;
+    esac
+    [ -z "$ROOT" ] && [ "$BROKER_POLICY" = 1 ] && command -v rabbitmqctl >/dev/null
+}
+
+install_broker_tls() {
+    # The CA and the broker's certificate: the operator's, or made here once.
+    local tls_dir="$ETC/tls" rdir="$ROOT/etc/rabbitmq/agents-tls" conf="$ROOT/etc/rabbitmq/conf.d/50-agents-tls.conf"
+    install -d -m 0755 "$tls_dir"
+    if [ -n "$TLS_CA" ]; then
+        install -m 0644 "$TLS_CA" "$tls_dir/ca.pem"
+    elif [ ! -e "$tls_dir/ca.pem" ]; then
+        "$VENV/bin/agents-controller" certs make-ca "$tls_dir" >/dev/null
+        "$VENV/bin/agents-controller" certs make-cert "$tls_dir" broker \
+            --san 127.0.0.1 --san localhost --san "$(hostname -f 2>/dev/null || hostname)" >/dev/null
+        say "made a CA and the broker's certificate in $tls_dir (ca.key stays there, 0600)"
+    fi
+    install -d -m 0750 "$rdir"
+    local cert="${TLS_CERT:-$tls_dir/broker.pem}" key="${TLS_KEY:-$tls_dir/broker.key}" keygroup=0
+    has_group rabbitmq && keygroup="$(gid_of rabbitmq)"
+    install -m 0644 "$tls_dir/ca.pem" "$rdir/ca.pem"
+    install -m 0644 "$cert" "$rdir/broker.pem"
+    # the broker runs as rabbitmq: its group may read the key, nobody else
+    install -m 0640 -o 0 -g "$keygroup" "$key" "$rdir/broker.key"
+    chgrp "$keygroup" "$rdir"
+    mkdir -p "$(dirname "$conf")"
+    {
+        echo "# written by agents' install.sh: TLS for the agents (docs/security.md)"
+        echo "listeners.ssl.default = 127.0.0.1:$TLS_PORT"
+        echo "ssl_options.cacertfile = /etc/rabbitmq/agents-tls/ca.pem"
+        echo "ssl_options.certfile = /etc/rabbitmq/agents-tls/broker.pem"
+        echo "ssl_options.keyfile = /etc/rabbitmq/agents-tls/broker.key"
+        echo "ssl_options.verify = verify_none"
+        echo "ssl_options.fail_if_no_peer_cert = false"
+        if [ "$BROKER_PLAIN_OFF" = 1 ]; then
+            echo "# no plain AMQP: every client must come over TLS"
+            echo "listeners.tcp = none"
+        fi
+    } >"$conf"
+    recorded "broker-tls-conf ${conf#"$ROOT"}" || record "broker-tls-conf ${conf#"$ROOT"}"
+    say "wrote $conf: restart rabbitmq-server to open 127.0.0.1:$TLS_PORT (TLS)"
+    local daemon
+    for daemon in controller compute-agent l2-agent; do
+        install -d -m 0700 "$ETC/$daemon.d"
+        printf '# TLS to the broker: verify its certificate (docs/security.md)\n[messaging]\nssl_ca_file = %s\n' \
+            "/etc/agents/tls/ca.pem" >"$ETC/$daemon.d/tls.conf"
+        chmod 0600 "$ETC/$daemon.d/tls.conf"
+    done
+    chown -R "$(uid_of "$SERVICE_USER")" "$ETC/controller.d"
+}
+
+install_broker_accounts() {
+    if ! broker_accounts_wanted; then
+        if [ "$BROKER_ACCOUNTS" = auto ] && ! command -v rabbitmqctl >/dev/null; then
+            say "no rabbitmqctl here: broker accounts not created (the daemons use shared.conf's);"
+            say "  on the broker's machine: agents-controller broker-accounts add-host $(hostname -s) --out DIR"
+            say "  then copy DIR/compute-agent.d and DIR/l2-agent.d into /etc/agents/ here (docs/security.md)"
+        fi
+        return 0
+    fi
+    [ "$BROKER_TLS" = 1 ] && install_broker_tls
+    if [ -e "$ETC/controller.d/broker.conf" ]; then
+        say "kept $ETC/controller.d/broker.conf (accounts exist; re-key: agents-controller broker-accounts setup)"
+        return 0
+    fi
+    local broker=() out name
+    [ "$BROKER_TLS" = 1 ] && broker=(--broker "127.0.0.1:$TLS_PORT")
+    # The controller reads its file as user agents; the agents run as root.
+    if ! out="$("$VENV/bin/agents-controller" --config-file "$ETC/shared.conf" \
+            --config-file "$ETC/controller.conf" broker-accounts setup \
+            --host "$(hostname -s)" --out "$ETC" --vhost "$VHOST" --prefix "$ACCOUNT_PREFIX" \
+            --controller-user "$SERVICE_USER" "${broker[@]}")"; then
+        say "WARNING: broker accounts not created (is the broker up?); later:"
+        say "  agents-controller broker-accounts setup --host $(hostname -s)"
+        return 0
+    fi
+    # the controller's file belongs to its user; a scratch root's users are not this
+    # machine's, so the ids come from the root's own files
+    chown -R "$(uid_of "$SERVICE_USER"):$(gid_of "$GROUP")" "$ETC/controller.d"
+    echo "$out" | sed 's/^/install.sh: /'
+    while read -r name; do
+        recorded "broker-user $VHOST $name" || record "broker-user $VHOST $name"
+    done < <(echo "$out" | sed -n 's/^account \([^:]*\):.*/\1/p')
+}
+
 do_install() {
     mkdir -p "$SHARE"
     touch "$MANIFEST"
@@ -237,8 +389,10 @@ do_install() {
     install_venv
     install_share
     install_configs
+    install_api_token
     install_units
     install_broker_policy
+    install_broker_accounts
     enable_controller
     say "installed $("$VENV/bin/compute-agent" --version 2>/dev/null || echo agents) into ${ROOT:-/}"
     if [ -z "$ROOT" ]; then
@@ -299,11 +453,31 @@ uninstall_broker_policy() {
     while read -r kind vhost name; do
         [ "$kind" = policy ] || continue
         if command -v rabbitmqctl >/dev/null \
-                && rabbitmqctl clear_policy -p "$vhost" "$name" >/dev/null 2>&1; then
+                && rabbitmqctl clear_policy -p "$vhost" "$name" </dev/null >/dev/null 2>&1; then
             say "cleared RabbitMQ policy $name on vhost $vhost"
         else
             say "WARNING: could not clear RabbitMQ policy $name on vhost $vhost"
         fi
+    done <"$MANIFEST"
+}
+
+uninstall_broker_accounts() {
+    # Accounts and the broker's TLS config outlive a plain uninstall (their files under
+    # /etc/agents are configs); --purge removes what this script made.
+    [ "$PURGE" = 1 ] && [ -f "$MANIFEST" ] || return 0
+    local kind vhost name
+    while read -r kind vhost name; do
+        case "$kind" in
+            broker-user)
+                if command -v rabbitmqctl >/dev/null \
+                        && rabbitmqctl --quiet delete_user "$name" </dev/null >/dev/null 2>&1; then
+                    say "deleted broker account $name"
+                fi ;;
+            broker-tls-conf)
+                rm -f "$ROOT$vhost"
+                rm -rf "$ROOT/etc/rabbitmq/agents-tls"
+                say "removed $ROOT$vhost (restart rabbitmq-server)" ;;
+        esac
     done <"$MANIFEST"
 }
 
@@ -331,9 +505,13 @@ do_uninstall() {
     uninstall_scripts
     uninstall_configs
     uninstall_broker_policy
+    uninstall_broker_accounts
     uninstall_accounts
     if [ "$PURGE" = 1 ]; then
         rm -rf "$STATE"
+        # root's API token (install_api_token); a plain uninstall keeps it and the hashes
+        rm -f "$ROOT/root/.config/agents/token"
+        rmdir "$ROOT/root/.config/agents" 2>/dev/null || true
     else
         rmdir "$STATE/images" "$STATE/instances" "$STATE" 2>/dev/null || true
         [ -d "$STATE" ] && say "kept $STATE (state and instance disks; --purge removes it)"

@@ -27,7 +27,7 @@ from common.cli import daemon_parser, load_daemon_config
 from common.errors import AgentsError
 from common.journal import Journal
 from common.metrics import Registry
-from common.rpc import Messaging
+from common.rpc import Messaging, agent_events_topic
 from common.service import run
 from common.workers import KeyedSerialExecutor
 
@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = config.DEFAULT.host
 
     messaging = Messaging(config.messaging)
+    try:
+        messaging.verify_tls()  # a broker certificate its CA does not vouch for: stop here
+    except AgentsError as err:
+        structlog.get_logger().error("start_failed", service=PROG, error=err.reason)
+        return 1
     registry = Registry("compute_agent")
     metrics = ComputeMetrics(registry)
     hypervisor = Hypervisor(settings.libvirt_uri, settings.domain_type)
@@ -62,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         None,
         host=host,
         batch_publishers=[
-            messaging.batch_notifier(f"compute.{host}", config.messaging.events_topic)
+            messaging.batch_notifier(
+                f"compute.{host}", agent_events_topic(config.messaging, host), declare=False
+            )
             for _ in range(NOTIFY_SENDERS)
         ],
     )

@@ -72,6 +72,20 @@ log = structlog.get_logger()
 
 
 class ComputeManager(AgentEndpoint):
+    # what the wire may call (common.rpc refuses every other public method by name)
+    RPC_METHODS = frozenset(
+        {
+            "build_instance",
+            "delete_instance",
+            "reboot_instance",
+            "report_state",
+            "ping",
+            "list_instances",
+            "get_instance",
+            "get_console_log",
+        }
+    )
+
     def __init__(
         self,
         config: ComputeConfig,

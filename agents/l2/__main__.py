@@ -25,7 +25,7 @@ from common.config import load
 from common.errors import AgentsError
 from common.journal import Journal
 from common.metrics import Registry
-from common.rpc import L2_TOPIC, Messaging, vif_events_topic
+from common.rpc import L2_TOPIC, Messaging, agent_events_topic, vif_events_topic
 from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
@@ -42,13 +42,16 @@ def build(config: L2Config, files: Sequence[str], host: str | None) -> L2Agent:
     # One dispatch thread: oslo hands messages to the endpoint in order of arrival, and
     # the endpoint only queues them (per port) and returns, so order is kept for free.
     messaging = Messaging(config.messaging, dispatch_threads=1)
+    messaging.verify_tls()  # a broker certificate its CA does not vouch for: stop here
     host_name = config.DEFAULT.host
     netlink = Netlink(config.l2.namespace)
     state = Path(config.DEFAULT.state_dir) / "l2-agent" / host_name
     store = PortStore(state / "ports")
     metrics = L2Metrics(Registry("l2_agent"))
     vif_events = messaging.notifier(f"l2-agent.{host_name}", vif_events_topic(host_name))
-    agent_events = messaging.notifier(f"l2-agent.{host_name}", config.messaging.events_topic)
+    agent_events = messaging.notifier(
+        f"l2-agent.{host_name}", agent_events_topic(config.messaging, host_name), declare=False
+    )
     manager = L2Manager(
         config=config, links=netlink, store=store, events=vif_events, metrics=metrics
     )

@@ -51,6 +51,11 @@ def _port_id(msg: PortMessage) -> UUID:
 
 
 class L2Endpoint(AgentEndpoint):
+    # what the wire may call (common.rpc refuses every other public method by name)
+    RPC_METHODS = frozenset(
+        {"port_created", "port_updated", "port_deleted", "report_state", "list_ports", "ping"}
+    )
+
     def __init__(
         self,
         *,

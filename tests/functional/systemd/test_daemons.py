@@ -415,7 +415,7 @@ def test_metrics_after_a_build_through_both_daemons(deployment: Deployment) -> N
 
             events = f"{deployment.events_topic}"
             with contextlib.closing(
-                EventWatcher(deployment.settings, [f"{events}.info", f"{events}.error"])
+                EventWatcher(deployment.settings, [f"{events}.#.info", f"{events}.#.error"])
             ) as watcher:
                 iid = uuid.uuid4()
                 port = Port(

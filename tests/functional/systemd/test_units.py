@@ -35,7 +35,11 @@ pytestmark = [
 # Exposure as `systemd-analyze security` scores it (0 = locked down, 10 = unprotected),
 # times ten. The l2-agent only needs CAP_NET_ADMIN; the compute-agent runs QEMU.
 CONFIG_NAME = {"agents-controller": "controller"}
-EXPOSURE_LIMIT = {"agents-controller.service": 15, "l2-agent.service": 30, "compute-agent.service": 75}
+EXPOSURE_LIMIT = {
+    "agents-controller.service": 15,
+    "l2-agent.service": 30,
+    "compute-agent.service": 75,
+}
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -85,7 +89,7 @@ def test_unit_keeps_the_daemon_contract(unit: str) -> None:
     assert int(one(u, "Service", "WatchdogSec")) >= 10
     assert one(u, "Service", "ExecStart") == (
         f"/opt/agents/venv/bin/{agent} --config-file /etc/agents/shared.conf "
-        f"--config-file /etc/agents/{conf}.conf"
+        f"--config-file /etc/agents/{conf}.conf --config-dir /etc/agents/{conf}.d"
     )
     assert "rabbitmq-server.service" in words(u, "Unit", "After")
     # the broker may be remote: ordering only, never a hard requirement
