@@ -3,8 +3,10 @@
 Each handler validates its input (pydantic models and the config's flavors and
 networks), calls the store, publishes the casts the store returned, and shapes the
 answer; nothing else. Errors leave as `{"error": {"code", "message", "field",
-"value", "valid"}}` with a fitting status (docs/api.md). Authentication will be one
-dependency in `_authorize`, applied to every /v1 route.
+"value", "valid"}}` with a fitting status (docs/api.md). Authentication is one dependency,
+`_authorize`, on every route but /healthz (the OpenAPI document included): a bearer
+token of the token file (`tokens`), admin for everything, reader for GET only. The
+token itself is never logged nor echoed; its name goes on the request's log line.
 
 Must not import the broker library or SQLAlchemy: it talks to `Store` and `Bus`.
 """
@@ -28,14 +30,17 @@ import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agents.controller import errors
+from agents.controller import apidoc, errors
 from agents.controller.bus import Bus, Hub
 from agents.controller.db.store import CreateRequest, Store
 from agents.controller.settings import ControllerConfig
+from agents.controller.tokens import TokenFileError, Tokens
 from common import __version__
 from common.config import Flavor, NetworkSpec
 from common.errors import AgentsError, InvalidMessage, NoAgentForHost, RemoteCallTimeout
@@ -79,23 +84,39 @@ class Context:
     hub: Hub
     healthy: Callable[[], dict[str, str]]
     rng: random.Random
+    # The token file as loaded at start ([controller] auth = tokens); None: make_app
+    # loads [controller] tokens_file itself.
+    tokens: Tokens | None = None
 
 
 # --------------------------------------------------------------------------- app
 
 
+_READ_METHODS = frozenset({"GET", "HEAD"})
+
+
 def make_app(ctx: Context) -> FastAPI:
+    description = (
+        "Desired state of an agents deployment: instances, ports, hosts,"
+        " operations and their timeline."
+    )
+    # The document and its browsable form are served below, behind the token like /v1.
     app = FastAPI(
         title="agents-controller",
         version=__version__,
-        description="Desired state of an agents deployment: instances, ports, hosts,"
-        " operations and their timeline.",
+        description=description,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     settings = ctx.config.controller
+    tokens: Tokens | None = None
+    if settings.auth == "tokens":
+        tokens = ctx.tokens or Tokens(settings.tokens_file)
 
     @app.exception_handler(errors.ApiError)
     async def _api_error(_request: Request, err: errors.ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -137,13 +158,83 @@ def make_app(ctx: Context) -> FastAPI:
             path=request.url.path,
             status=response.status_code,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            token=request.scope.get("agents.token"),
         )
         return response
 
-    def _authorize() -> None:
-        """The one place authentication will go (tokens and roles)."""
+    def _authorize(request: Request) -> None:
+        """The one place of authentication: a known bearer token, and its role allows it.
+
+        401 (with WWW-Authenticate) for no token or an unknown one, 403 for a reader's
+        write; neither answer nor log line carries the token.
+        """
+        if tokens is None:
+            return
+        what = f"{request.method} {request.url.path}"
+        header = request.headers.get("authorization")
+        if header is None:
+            log.warning("api_auth_refused", request=what, code="auth.required")
+            raise errors.AuthRequired(field="Authorization")
+        scheme, _, secret = header.strip().partition(" ")
+        secret = secret.strip()
+        if scheme.lower() != "bearer" or not secret:
+            log.warning("api_auth_refused", request=what, code="auth.invalid", why="not Bearer")
+            raise errors.AuthInvalid(
+                field="Authorization",
+                problem="the Authorization header must be 'Bearer <token>'"
+                f" (got scheme {scheme[:16]!r})",
+            )
+        try:
+            entry = tokens.lookup(secret)
+        except TokenFileError as err:
+            log.error("api_auth_unavailable", request=what, problem=str(err))
+            raise errors.AuthUnavailable(problem=str(err)) from None
+        if entry is None:
+            log.warning("api_auth_refused", request=what, code="auth.invalid", why="unknown")
+            raise errors.AuthInvalid(
+                field="Authorization",
+                problem="the bearer token is not one this controller knows"
+                " (never made, or removed with `agents-controller token remove`)",
+            )
+        request.scope["agents.token"] = entry.name
+        if entry.role != "admin" and request.method not in _READ_METHODS:
+            log.warning("api_auth_refused", request=what, code="auth.forbidden", token=entry.name)
+            raise errors.AuthForbidden(
+                field="Authorization",
+                name=entry.name,
+                role=entry.role,
+                request=what,
+                valid=["admin"],
+            )
 
     v1 = Depends(_authorize)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=description, routes=app.routes
+            )
+            app.openapi_schema = apidoc.finish(
+                schema,
+                auth=tokens is not None,
+                flavors=sorted(ctx.config.flavors),
+                networks=[
+                    *ctx.config.networks,
+                    *(str(n.uuid) for n in ctx.config.networks.values()),
+                ],
+                max_count=settings.max_count,
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[v1])
+    def openapi_json() -> JSONResponse:
+        return JSONResponse(openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[v1])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     # ----------------------------------------------------------------- health
 

@@ -15,6 +15,7 @@ from common.errors import AgentsError
 class ApiError(AgentsError):
     code: ClassVar[str] = "error"
     status: ClassVar[int] = 400
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(
         self,
@@ -112,3 +113,35 @@ class AgentUnreachable(ApiError):
 class ServiceUnavailable(ApiError):
     code, status = "service.unavailable", 503
     msg_fmt = "{problem}"
+
+
+# --------------------------------------------------------------------------- auth
+# None of these carries the presented token: `value` is never the secret.
+
+_BEARER = 'Bearer realm="agents-controller"'
+
+
+class AuthRequired(ApiError):
+    code, status = "auth.required", 401
+    headers = {"WWW-Authenticate": _BEARER}
+    msg_fmt = (
+        "this API needs a bearer token: send 'Authorization: Bearer <token>'"
+        " (agentctl: AGENTS_TOKEN or [agentctl] token_file)"
+    )
+
+
+class AuthInvalid(ApiError):
+    code, status = "auth.invalid", 401
+    headers = {"WWW-Authenticate": _BEARER + ', error="invalid_token"'}
+    msg_fmt = "{problem}"
+
+
+class AuthForbidden(ApiError):
+    code, status = "auth.forbidden", 403
+    headers = {"WWW-Authenticate": _BEARER + ', error="insufficient_scope"'}
+    msg_fmt = "token {name!r} has role {role}, which may only read; {request} needs role admin"
+
+
+class AuthUnavailable(ApiError):
+    code, status = "auth.unavailable", 503
+    msg_fmt = "the controller cannot check tokens now: {problem}"

@@ -7,10 +7,10 @@ Pure: validation only. The database URL is checked for a driver this project shi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from common.config import BaseConfig, ListenAddress, Section
 
@@ -33,8 +33,16 @@ DatabaseUrl = Annotated[str, AfterValidator(_check_database_url)]
 
 
 class ControllerSettings(Section):
-    # Where the API listens; loopback by default (authentication arrives later).
+    # Where the API listens; loopback by default.
     listen: ListenAddress = "127.0.0.1:8780"
+    # tokens: every request but /healthz needs `Authorization: Bearer <token>` of a token
+    # in tokens_file (docs/security.md); none: the API is open (a lab, a test).
+    auth: Literal["tokens", "none"] = "tokens"
+    # Lines `ROLE NAME sha256:HEX`, mode 0600; `agents-controller token add` writes it.
+    tokens_file: Path = Path("/etc/agents/tokens")
+    # Both or neither: the API serves HTTPS with this certificate chain and key (PEM).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     # Empty: a SQLite file <state_dir>/controller/controller.sqlite.
     database_url: DatabaseUrl = ""
     # An agent whose last heartbeat is older than this is `down` (nova: service_down_time).
@@ -67,6 +75,12 @@ class ControllerSettings(Section):
     events_queue: str = "agents-controller.events"
     # Kept this many days in the timeline, then pruned.
     events_retention_days: Annotated[float, Field(gt=0, le=3650)] = 14.0
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        return self
 
 
 class ControllerConfig(BaseConfig):

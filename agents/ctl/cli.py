@@ -5,6 +5,7 @@ Owns running a command (the grammar is in `parser`), turning results into text o
 
     0 done   1 the operation failed   2 usage or bad input   3 controller unreachable
     4 timed out   5 no agent serves that host, or nothing fits
+    6 not authorized: the controller refused the token (401/403), or no usable token
 
 No traceback reaches the user unless --debug is given. Must stay a fast client of the
 controller's REST API: it imports only the stdlib and `agents.ctl` (never the broker,
@@ -31,6 +32,8 @@ from agents.ctl.errors import (
     CtlError,
     HostMismatch,
     InvalidInput,
+    NotAuthorized,
+    TokenFileError,
 )
 from agents.ctl.parser import build_parser
 
@@ -45,6 +48,7 @@ EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_TIMEOUT = 4
 EXIT_NO_AGENT = 5
+EXIT_AUTH = 6
 
 EXIT_CODES: dict[type[CtlError], int] = {
     ConfigError: EXIT_USAGE,
@@ -54,6 +58,7 @@ EXIT_CODES: dict[type[CtlError], int] = {
     ControllerUnreachable: EXIT_UNREACHABLE,
     ControllerTimeout: EXIT_TIMEOUT,
     BadResponse: EXIT_FAILED,
+    TokenFileError: EXIT_AUTH,
 }
 
 # The controller's error codes (docs/api.md); any other code is EXIT_FAILED.
@@ -72,6 +77,9 @@ API_EXIT_CODES: dict[str, int] = {
     "host.no_capacity": EXIT_NO_AGENT,
     "agent.unreachable": EXIT_NO_AGENT,
     "agent.timeout": EXIT_TIMEOUT,
+    "auth.required": EXIT_AUTH,
+    "auth.invalid": EXIT_AUTH,
+    "auth.forbidden": EXIT_AUTH,
 }
 
 # `completion hosts|flavors|networks` runs on every Tab: a slow answer is worse than none.
@@ -80,6 +88,8 @@ COMPLETION_CALL_S = 1.0
 
 
 def exit_code(err: CtlError) -> int:
+    if isinstance(err, NotAuthorized):
+        return EXIT_AUTH
     if isinstance(err, ApiError):
         return API_EXIT_CODES.get(err.code, EXIT_FAILED)
     for cls in type(err).__mro__:
@@ -360,9 +370,25 @@ def main(
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> CtlSettings:
+    import dataclasses
+
     from agents.ctl.settings import config_files, load_settings
 
-    return load_settings(config_files(args.config_file, env), env)
+    settings = load_settings(config_files(args.config_file, env), env)
+    if getattr(args, "ca_file", None):
+        import os.path
+
+        if not os.path.isfile(args.ca_file):
+            raise InvalidInput(field="--ca-file", value=args.ca_file, problem="no such file")
+        settings = dataclasses.replace(settings, ca_file=args.ca_file)
+    return settings
+
+
+def _token(args: argparse.Namespace, settings: CtlSettings, env: Mapping[str, str]) -> str | None:
+    from agents.ctl.auth import find_token
+
+    token, _source = find_token(getattr(args, "token_file", None), settings, env)
+    return token
 
 
 def _run(args: argparse.Namespace, ui: Ui, env: Mapping[str, str]) -> int:
@@ -371,7 +397,14 @@ def _run(args: argparse.Namespace, ui: Ui, env: Mapping[str, str]) -> int:
     _precheck(args)
     settings = _settings(args, env)
     ui.debug(f"controller {settings.url}; config files: {args.config_file or '(defaults)'}")
-    client = Client.from_settings(settings, trace=ui.debug if args.debug else None)
+    from agents.ctl.auth import find_token
+
+    token, source = find_token(args.token_file, settings, env)
+    # the token itself is never shown: each request's line shows "Bearer ***"
+    ui.debug(f"token from {source}" + ("" if token else "; requests go without one"))
+    if settings.ca_file:
+        ui.debug(f"https verified against {settings.ca_file}")
+    client = Client.from_settings(settings, trace=ui.debug if args.debug else None, token=token)
     return _dispatch(args)(client, args, ui)
 
 
@@ -383,6 +416,8 @@ def _complete(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> 
         settings = _settings(args, env)
         client = Client(
             settings.url,
+            token=_token(args, settings, env),
+            ca_file=settings.ca_file or None,
             connect_timeout=min(COMPLETION_CONNECT_S, settings.connect_timeout),
             call_timeout=min(COMPLETION_CALL_S, settings.call_timeout),
         )

@@ -73,22 +73,33 @@ class Client:
         wait_timeout: float = 300.0,
         trace: Trace | None = None,
         clock: Callable[[], float] = time.monotonic,
+        token: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
         self.url = url
         self.wait_timeout = wait_timeout
         self.http = Http(
-            url, connect_timeout=connect_timeout, call_timeout=call_timeout, trace=trace
+            url,
+            connect_timeout=connect_timeout,
+            call_timeout=call_timeout,
+            trace=trace,
+            token=token,
+            ca_file=ca_file,
         )
         self.clock = clock
 
     @classmethod
-    def from_settings(cls, settings: CtlSettings, trace: Trace | None = None) -> Client:
+    def from_settings(
+        cls, settings: CtlSettings, trace: Trace | None = None, token: str | None = None
+    ) -> Client:
         return cls(
             settings.url,
             connect_timeout=settings.connect_timeout,
             call_timeout=settings.call_timeout,
             wait_timeout=settings.wait_timeout,
             trace=trace,
+            token=token,
+            ca_file=settings.ca_file or None,
         )
 
     # No connection outlives a call; these keep `with Client(...) as c:` working.

@@ -34,6 +34,14 @@ class ConfigError(CtlError):
     code = "config.invalid"
 
 
+class TokenFileError(CtlError):
+    """The token agentctl would send cannot be used: file missing, open to others, or not a
+    token (the message never quotes the file's content)."""
+
+    msg_fmt = "token file {path}: {problem}"
+    code = "token.invalid"
+
+
 class InvalidInput(CtlError):
     """A command-line value agentctl checks itself (the controller checks the rest)."""
 
@@ -59,6 +67,13 @@ class ControllerUnreachable(CtlError):
         " (set [agentctl] url or AGENTS_URL)"
     )
     code = "controller.unreachable"
+
+
+class ControllerTlsError(ControllerUnreachable):
+    """https: the TLS handshake failed or the certificate is not trusted (exit 3 too)."""
+
+    msg_fmt = "the controller at {url} cannot be used over TLS: {problem}"
+    code = "controller.tls"
 
 
 class ControllerTimeout(CtlError):
@@ -102,3 +117,20 @@ class ApiError(CtlError):
         self.field = field
         self.value = value
         self.valid = valid
+
+
+class NotAuthorized(ApiError):
+    """401 or 403: the controller refused the token (or its absence, or its role)."""
+
+    def __str__(self) -> str:
+        if self.status == 403:
+            return f"the controller refused the request (403 {self.code}): {self.message}"
+        if self.code == "auth.required":
+            return (
+                f"the controller wants a token (401 {self.code}) and none was sent;"
+                " set AGENTS_TOKEN, [agentctl] token_file or --token-file"
+            )
+        return (
+            f"the controller refused the token (401 {self.code}): {self.message};"
+            " set AGENTS_TOKEN, [agentctl] token_file or --token-file"
+        )

@@ -17,6 +17,7 @@ exit codes:
   0  done                    3  controller unreachable
   1  the operation failed    4  timed out
   2  usage or bad input      5  no agent serves that host, or nothing fits
+  6  not authorized: the controller refused the token (401/403), or no usable token
 """
 
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 configuration: --config-file (repeatable), else $AGENTS_CONFIG (colon separated),
 else /etc/agents/shared.conf and /etc/agents/agentctl.conf where they exist;
 [agentctl] url (default http://127.0.0.1:8780), overridden by $AGENTS_URL.
+token: --token-file, else $AGENTS_TOKEN, else [agentctl] token_file, else
+~/.config/agents/token (a token file must be mode 0600).
 
 examples:
   agentctl send build --name web --wait
@@ -104,6 +107,16 @@ examples:
         action="append",
         metavar="FILE",
         help="config file (repeatable; later wins)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the API token is in FILE (mode 0600); wins over $AGENTS_TOKEN and token_file",
+    )
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="CA certificate(s) that signed an https controller's certificate ([agentctl] ca_file)",
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

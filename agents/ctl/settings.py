@@ -31,13 +31,17 @@ _SECONDS = {
     "call_timeout": (0.0, 3600.0),
     "wait_timeout": (0.0, 86400.0),
 }
-_KNOWN = ("url", *_SECONDS)
+_PATHS = ("token_file", "ca_file")
+_KNOWN = ("url", *_PATHS, *_SECONDS)
+TOKEN_ENV = "AGENTS_TOKEN"
 
 
 @dataclass(frozen=True)
 class CtlSettings:
     # Base URL of agents-controller's REST API (http or https, optionally with a path
-    # prefix when a proxy serves it under one); no trailing slash.
+    # prefix when a proxy serves it under one); no trailing slash. Several controllers
+    # of one deployment: their URLs comma-separated, tried in order when one does not
+    # take the connection (`urls`).
     url: str = DEFAULT_URL
     # Seconds to wait for a TCP connection: a controller that is down is reported within it.
     connect_timeout: float = 1.0
@@ -45,6 +49,16 @@ class CtlSettings:
     call_timeout: float = 10.0
     # Default --timeout of `send ... --wait`.
     wait_timeout: float = 300.0
+    # The file holding the API token (mode 0600); $AGENTS_TOKEN (the token itself) and
+    # --token-file win over it; empty: ~/.config/agents/token where it exists.
+    token_file: str = ""
+    # CA certificate(s) (PEM) that signed the controller's https certificate; empty: the
+    # system's CAs.
+    ca_file: str = ""
+
+    @property
+    def urls(self) -> list[str]:
+        return self.url.split(",")
 
 
 def config_files(
@@ -87,7 +101,12 @@ def load_settings(files: Sequence[str], environ: Mapping[str, str] | None = None
     fields: dict[str, object] = {}
     for key, raw in values.items():
         try:
-            fields[key] = _check_url(raw) if key == "url" else _check_seconds(key, raw)
+            if key == "url":
+                fields[key] = _check_url(raw)
+            elif key in _PATHS:
+                fields[key] = _check_path(key, raw)
+            else:
+                fields[key] = _check_seconds(key, raw)
         except ValueError as err:
             raise ConfigError(
                 file=origin[key], section=SECTION, key=key, value=raw, problem=str(err)
@@ -115,6 +134,24 @@ def _read_section(file: str) -> dict[str, str]:
 
 
 def _check_url(raw: str) -> str:
+    """One URL, or several comma-separated (one deployment's controllers), normalised."""
+    listed = [u.strip() for u in raw.split(",")]
+    if len(listed) > 1:
+        if any(not u for u in listed):
+            raise ValueError("lists an empty URL (two commas, or one at an end)")
+        checked = []
+        for u in listed:
+            try:
+                checked.append(_check_one_url(u))
+            except ValueError as err:
+                raise ValueError(f"{u!r} {err}") from None
+        if len(set(checked)) != len(checked):
+            raise ValueError("lists one URL twice")
+        return ",".join(checked)
+    return _check_one_url(raw)
+
+
+def _check_one_url(raw: str) -> str:
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https"):
         raise ValueError("must start with http:// or https://, like http://127.0.0.1:8780")
@@ -127,6 +164,13 @@ def _check_url(raw: str) -> str:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError("must not carry a user, query or fragment")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _check_path(key: str, raw: str) -> str:
+    path = os.path.expanduser(raw.strip())
+    if key == "ca_file" and not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
 
 
 def _check_seconds(key: str, raw: str) -> float:

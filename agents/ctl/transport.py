@@ -1,7 +1,10 @@
 """HTTP+JSON to agents-controller over the stdlib `http.client`, one connection per call.
 
-Owns the wire: the base URL, the connect timeout (a dead controller is reported within
-it) apart from the call timeout, turning socket failures into `ControllerUnreachable` /
+Owns the wire: the base URL (or several: one deployment's controllers, comma-separated;
+a connection refused, unresolved or not made within the connect timeout moves on to
+the next, and the one that answered is asked first from then on; an HTTP answer, even
+an error, is never sent elsewhere), the connect timeout (a dead controller is reported
+within it) apart from the call timeout, turning socket failures into `ControllerUnreachable` /
 `ControllerTimeout`, error bodies into `ApiError`, answers that are not JSON into
 `BadResponse`, retrying a request once after a connection reset when the caller says it
 is safe, and opening a server-sent event stream.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
@@ -26,7 +30,9 @@ from agents.ctl.errors import (
     ApiError,
     BadResponse,
     ControllerTimeout,
+    ControllerTlsError,
     ControllerUnreachable,
+    NotAuthorized,
 )
 
 Query = Mapping[str, str | int | float | None]
@@ -47,6 +53,13 @@ def unreachable_problem(err: OSError, host: str, connect_timeout: float) -> str:
     """A few words on why no connection was made, for `ControllerUnreachable`."""
     if isinstance(err, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return (
+            f"its TLS certificate is not trusted: {err.verify_message or err.reason};"
+            " set [agentctl] ca_file or --ca-file to the CA that signed it"
+        )
+    if isinstance(err, ssl.SSLError):
+        return f"the TLS handshake failed ({err.reason or err}); does it serve https?"
     if isinstance(err, socket.gaierror):
         return f"cannot resolve host {host!r}: {err.strerror or err}"
     if isinstance(err, TimeoutError):
@@ -67,16 +80,23 @@ class Http:
         connect_timeout: float,
         call_timeout: float,
         trace: Trace | None = None,
+        token: str | None = None,
+        ca_file: str | None = None,
     ) -> None:
-        parts = urlsplit(url)
-        self.url = url
+        self.urls = url.split(",")
+        # Sent as `Authorization: Bearer ...` on every request; never traced or printed.
+        self._token = token
+        self._ca_file = ca_file
+        self._tls: ssl.SSLContext | None = None
+        self._current = 0  # the controller that took the last connection
         self.connect_timeout = connect_timeout
         self.call_timeout = call_timeout
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port
-        self._prefix = parts.path.rstrip("/")
         self._trace = trace
+
+    @property
+    def url(self) -> str:
+        """The controller in use (the first listed until one did not answer)."""
+        return self.urls[self._current]
 
     # ----------------------------------------------------------------- plain calls
 
@@ -96,15 +116,14 @@ class Http:
         Idempotency-Key), so it is sent once more if the connection breaks after it was
         made. A refused or timed-out connect is never retried: nothing reached the server.
         """
-        target = self._target(path, query)
         request = f"{method} {path}"
         payload = None if body is None else json.dumps(body).encode()
-        hdrs = {"Accept": "application/json", **(headers or {})}
+        hdrs = {"Accept": "application/json", **(headers or {}), **self._auth()}
         if payload is not None:
             hdrs["Content-Type"] = "application/json"
         for attempt in (1, 2):
             try:
-                status, reason, data = self._exchange(method, target, request, payload, hdrs)
+                status, reason, data = self._exchange(method, path, query, request, payload, hdrs)
                 break
             except _Reset as err:
                 if not retry or attempt == 2:
@@ -114,13 +133,16 @@ class Http:
     def _exchange(
         self,
         method: str,
-        target: str,
+        path: str,
+        query: Query | None,
         request: str,
         payload: bytes | None,
         headers: dict[str, str],
     ) -> tuple[int, str, bytes]:
         started = time.perf_counter()
         conn, _sock = self._connect()
+        target = self._target(path, query)
+        self._trace_headers(method, target, headers)
         try:
             conn.request(method, target, body=payload, headers=headers)
             resp = conn.getresponse()
@@ -144,11 +166,13 @@ class Http:
 
     def stream(self, path: str, query: Query | None = None) -> LineStream:
         """Open `text/event-stream` at `path`; the caller reads lines and closes it."""
-        target = self._target(path, query)
         request = f"GET {path}"
         conn, sock = self._connect()
+        target = self._target(path, query)
+        headers = {"Accept": "text/event-stream", **self._auth()}
+        self._trace_headers("GET", target, headers)
         try:
-            conn.request("GET", target, headers={"Accept": "text/event-stream"})
+            conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
             if resp.status != 200:
                 data = resp.read()
@@ -180,19 +204,72 @@ class Http:
 
     # ----------------------------------------------------------------- helpers
 
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _trace_headers(self, method: str, target: str, headers: Mapping[str, str]) -> None:
+        if self._trace is None:
+            return
+        shown = ", ".join(
+            f"{k}: Bearer ***" if k.lower() == "authorization" else f"{k}: {v}"
+            for k, v in headers.items()
+        )
+        self._trace(f"{method} {target} headers: {shown}")
+
+    def _context(self) -> ssl.SSLContext:
+        """The TLS context of https URLs: the system's CAs, or only `ca_file`'s."""
+        if self._tls is None:
+            try:
+                self._tls = ssl.create_default_context(cafile=self._ca_file or None)
+            except (OSError, ssl.SSLError) as err:
+                problem = f"cannot use ca_file {self._ca_file}: {err}"
+                raise ControllerUnreachable(url=self.url, problem=problem) from None
+        return self._tls
+
     def _target(self, path: str, query: Query | None) -> str:
+        """The request target on the controller in use (its path prefix, if any)."""
         kept = {k: str(v) for k, v in (query or {}).items() if v is not None}
-        return self._prefix + path + (f"?{urlencode(kept)}" if kept else "")
+        prefix = urlsplit(self.url).path.rstrip("/")
+        return prefix + path + (f"?{urlencode(kept)}" if kept else "")
 
     def _connect(self) -> tuple[http.client.HTTPConnection, socket.socket]:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.connect_timeout)
-        try:
-            conn.connect()
-        except OSError as err:
-            conn.close()
-            problem = unreachable_problem(err, self._host, self.connect_timeout)
-            raise ControllerUnreachable(url=self.url, problem=problem) from None
+        """A connection to the controller in use, else to the next one listed that takes
+        it; ControllerUnreachable naming each one's problem when none does."""
+        problems: list[tuple[str, str]] = []  # (url, why not)
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._current + step) % count
+            url = self.urls[index]
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            https = parts.scheme == "https"
+            conn: http.client.HTTPConnection
+            if https:
+                conn = http.client.HTTPSConnection(
+                    host, parts.port, timeout=self.connect_timeout, context=self._context()
+                )
+            else:
+                conn = http.client.HTTPConnection(host, parts.port, timeout=self.connect_timeout)
+            try:
+                conn.connect()
+            except OSError as err:
+                conn.close()
+                if count == 1 and isinstance(err, ssl.SSLError):
+                    # connected, but not to a controller it can trust (or speak TLS with)
+                    problem = unreachable_problem(err, host, self.connect_timeout)
+                    raise ControllerTlsError(url=url, problem=problem) from None
+                problem = unreachable_problem(err, host, self.connect_timeout)
+                problems.append((url, problem))
+                if self._trace is not None and count > 1:
+                    self._trace(f"{url}: {problem}; trying the next controller")
+                continue
+            self._current = index
+            break
+        else:
+            if count == 1:
+                raise ControllerUnreachable(url=self.url, problem=problems[0][1])
+            listed = "; ".join(f"{u}: {p}" for u, p in problems)
+            raise ControllerUnreachable(url=", ".join(self.urls), problem=listed)
         sock = conn.sock
         assert sock is not None  # connect() succeeded
         # Connected: from here on the answer may take up to the call timeout.
@@ -265,7 +342,8 @@ def _decode(request: str, status: int, reason: str, data: bytes) -> Any:
         ):
             valid = error.get("valid")
             field = error.get("field")
-            raise ApiError(
+            cls = NotAuthorized if status in (401, 403) else ApiError
+            raise cls(
                 status=status,
                 code=error["code"],
                 message=error["message"],

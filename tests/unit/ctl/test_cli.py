@@ -666,3 +666,36 @@ def test_completion_script_is_valid_bash_and_completes_commands(
     )
     done = subprocess.run([bash, str(probe)], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["m1.small"]
+
+
+# --------------------------------------------------------------------------- several controllers
+
+
+def test_several_urls_the_next_is_tried_when_one_refuses(api: FakeController) -> None:
+    dead = dead_url()
+    api.reply("GET", "/v1/instances", [])
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"AGENTS_URL": f"{dead}, {api.url}", "AGENTS_CONFIG": "/dev/null"}
+    code = cli.main(["--json", "list"], out=out, err=err, environ=environ)
+    assert (code, json.loads(out.getvalue())) == (0, [])
+    assert len(api.seen("GET", "/v1/instances")) == 1
+
+
+def test_an_http_error_answer_is_not_sent_to_the_next_controller(api: FakeController) -> None:
+    with FakeController() as second:
+        api.reply("GET", "/v1/instances", {"error": {"code": "x", "message": "no"}}, status=500)
+        second.reply("GET", "/v1/instances", [])
+        out, err = io.StringIO(), io.StringIO()
+        environ = {"AGENTS_URL": f"{api.url},{second.url}", "AGENTS_CONFIG": "/dev/null"}
+        code = cli.main(["list"], out=out, err=err, environ=environ)
+        assert code != 0 and "no" in err.getvalue()
+        assert second.seen("GET", "/v1/instances") == []
+
+
+def test_none_of_several_urls_answers_exits_3_naming_each() -> None:
+    first, second = dead_url(), dead_url()
+    out, err = io.StringIO(), io.StringIO()
+    environ = {"AGENTS_URL": f"{first},{second}", "AGENTS_CONFIG": "/dev/null"}
+    code = cli.main(["list"], out=out, err=err, environ=environ)
+    assert code == 3
+    assert f"{first}: connection refused; {second}: connection refused" in err.getvalue()

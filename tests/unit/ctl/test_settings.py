@@ -53,6 +53,9 @@ def test_other_sections_of_shared_conf_are_ignored(tmp_path: Path) -> None:
         ("[agentctl]\nwait_timeout = nan\n", "wait_timeout", "nan"),
         ("[agentctl]\nurl = rabbit://127.0.0.1:5672/\n", "url", "rabbit://127.0.0.1:5672/"),
         ("[agentctl]\nurl = http://h:99999\n", "url", "http://h:99999"),
+        ("[agentctl]\nurl = http://a:1,,http://b:2\n", "url", "http://a:1,,http://b:2"),
+        ("[agentctl]\nurl = http://a:1,ftp://b\n", "url", "http://a:1,ftp://b"),
+        ("[agentctl]\nurl = http://a:1,http://a:1/\n", "url", "http://a:1,http://a:1/"),
     ],
 )
 def test_a_bad_key_names_file_section_key_and_value(
@@ -63,6 +66,14 @@ def test_a_bad_key_names_file_section_key_and_value(
         load_settings([path], {})
     message = str(err.value)
     assert message.startswith(f"{path}: [agentctl] {key} = {value!r}: "), message
+
+
+def test_several_controller_urls(tmp_path: Path) -> None:
+    s = load_settings([], {"AGENTS_URL": "http://c1:8780/, https://c2:8780/api"})
+    assert s.url == "http://c1:8780,https://c2:8780/api"
+    assert s.urls == ["http://c1:8780", "https://c2:8780/api"]
+    with pytest.raises(ConfigError, match=r"'ftp://c2' must start with http://"):
+        load_settings([], {"AGENTS_URL": "http://c1:8780,ftp://c2"})
 
 
 def test_a_bad_agents_url_is_named_as_such() -> None:

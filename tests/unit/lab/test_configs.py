@@ -98,6 +98,8 @@ def test_daemons_start_with_the_systemd_units_arguments(tmp_path: Path) -> None:
             f"{tmp_path}/shared.conf",
             "--config-file",
             f"{tmp_path}/{conf}.conf",
+            "--config-dir",
+            f"{tmp_path}/{conf}.d",
         ]
 
 
