@@ -8,15 +8,18 @@ reconciler casts it again. A cast is a hint: the database already holds the requ
 
 Events: every notification the agents emit (instance.*, port.*, agent.*) arrives on
 the controller's own durable queue and is applied in a database transaction before
-it is acknowledged (`common.rpc.EventConsumer`); a database outage puts it back on the
-queue. Nothing here decides what an event means; `db.records` does.
+it is acknowledged (`common.rpc.EventConsumer`); the events already waiting go in
+together, one transaction per batch (`on_events`); one that cannot be applied sends
+its batch through `on_event` one by one, so only it is dropped. A database outage
+holds them until it is back. Nothing here decides what an event means; `db.records`
+does.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -26,7 +29,15 @@ from agents.controller.db.records import Records
 from agents.controller.db.store import Cast, Store, utcnow
 from common.errors import AgentsError
 from common.messages import Message
-from common.rpc import COMPUTE_TOPIC, L2_TOPIC, Event, Messaging, RetryLater, RpcClient
+from common.rpc import (
+    COMPUTE_TOPIC,
+    L2_TOPIC,
+    Event,
+    Messaging,
+    RetryLater,
+    RpcClient,
+    routing_key_host,
+)
 
 log = structlog.get_logger()
 
@@ -71,6 +82,8 @@ class Bus:
         self.call_timeout = call_timeout
         self._clients: dict[tuple[str, str], RpcClient] = {}
         self._lock = threading.Lock()
+        # events refused because the payload's host is not the one in the routing key
+        self.forged_events = 0
 
     def client(self, kind: str, host: str, timeout: float | None = None) -> RpcClient:
         if timeout is not None:
@@ -86,6 +99,7 @@ class Bus:
     def publish(self, casts: Iterable[Cast]) -> None:
         """Send `casts` in order; mark their operations sent, or note why not."""
         sent: dict[str, datetime] = {}  # operation -> when its last cast went out
+        attempts: dict[str, int] = {}  # operation -> the attempt its casts carry
         failed: dict[str, str] = {}
         for cast in casts:
             if cast.operation_id is not None and cast.operation_id in failed:
@@ -98,34 +112,81 @@ class Bus:
                 log.warning("cast_failed", method=cast.method, host=cast.host, error=err.reason)
                 if cast.operation_id is not None:
                     failed[cast.operation_id] = f"{cast.method} to {cast.host}: {err.reason}"
+                    attempts[cast.operation_id] = cast.attempt
                 continue
             if cast.operation_id is not None:
                 sent[cast.operation_id] = utcnow()
+                attempts[cast.operation_id] = cast.attempt
         ok = {op: at for op, at in sent.items() if op not in failed}
         try:
-            self.store.mark_sent(ok)
+            self.store.mark_sent(ok, {op: attempts[op] for op in ok})
             for op_id, reason in failed.items():
-                self.store.note_cast_failed(op_id, reason)
+                self.store.note_cast_failed(op_id, reason, attempts.get(op_id, 0))
         except DatabaseError as err:  # the reconciler casts them again later
             log.error("mark_sent_failed", error=err.reason)
         self.hub.notify()
 
     def on_event(self, event: Event) -> None:
-        payload = event.payload
-        if not isinstance(payload, Message):
-            log.warning(
-                "event_unreadable", event_type=event.event_type, publisher=event.publisher_id
-            )
+        self.on_events([event])
+
+    def on_events(self, events: list[Event]) -> None:
+        """Apply `events` in one transaction; RetryLater while the database is away."""
+        batch: list[tuple[str, Message]] = []
+        for event in events:
+            payload = event.payload
+            if not isinstance(payload, Message):
+                log.warning(
+                    "event_unreadable", event_type=event.event_type, publisher=event.publisher_id
+                )
+                continue
+            if not self._from_own_host(event, payload):
+                continue
+            batch.append((event.event_type, payload))
+        if not batch:
             return
+        sent_at = _sent_at(events[-1].timestamp)
+        if sent_at is not None:
+            self.store.heard(sent_at)
         try:
-            applied = self.records.apply(event.event_type, payload)
+            applied = self.records.apply_batch(batch, any(e.redelivered for e in events))
         except DatabaseError as err:
-            log.error("event_not_recorded", event_type=event.event_type, error=err.reason)
+            log.error(
+                "event_not_recorded",
+                event_type=batch[0][0],
+                events=len(batch),
+                error=err.reason,
+            )
             raise RetryLater() from err
         if applied.casts:
             self.publish(applied.casts)
         elif applied.timeline:
             self.hub.notify()
+
+    def _from_own_host(self, event: Event, payload: Message) -> bool:
+        """The broker lets an agent publish only under its own host's routing keys
+        (`<events_topic>.<host>.*`, `vif_events.<host>.*`: docs/security.md); an event
+        whose payload speaks for another host is refused here (logged, counted, acked).
+        An event handed over without a routing key (in-process callers) is not checked."""
+        if not event.routing_key:
+            return True
+        topics = (self.messaging.settings.events_topic, "vif_events")
+        key_host = next(
+            (h for t in topics if (h := routing_key_host(event.routing_key, t)) is not None),
+            None,
+        )
+        claimed = getattr(payload, "host", None)
+        if key_host is not None and key_host == claimed:
+            return True
+        self.forged_events += 1
+        log.warning(
+            "event_host_mismatch",
+            event_type=event.event_type,
+            routing_key=event.routing_key,
+            payload_host=claimed,
+            publisher=event.publisher_id,
+            refused_total=self.forged_events,
+        )
+        return False
 
     def on_bad_event(self, err: BaseException, what: Any) -> None:
         log.error("event_dropped", error=str(err), error_type=type(err).__name__)
@@ -134,3 +195,12 @@ class Bus:
 def _request_id(message: Message) -> str | None:
     rid = getattr(message, "request_id", None)
     return rid if isinstance(rid, str) else None
+
+
+def _sent_at(timestamp: str) -> datetime | None:
+    """The notification's send time (oslo: naive UTC, `YYYY-MM-DD HH:MM:SS.ffffff`)."""
+    try:
+        at = datetime.fromisoformat(timestamp)
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)

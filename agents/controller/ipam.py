@@ -9,6 +9,7 @@ is resolved by the store retrying with a fresh view.
 from __future__ import annotations
 
 import random
+import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Address
 
@@ -28,10 +29,20 @@ def new_mac(rng: random.Random) -> str:
     return ":".join(f"{b:02x}" for b in (*MAC_PREFIX, *tail))
 
 
+def address_int(text: str) -> int:
+    """A dotted IPv4 address as its number, several times cheaper than IPv4Address:
+    a create reads every address of the network."""
+    try:
+        return int.from_bytes(socket.inet_aton(text), "big") if text.count(".") == 3 else -1
+    except OSError:
+        return -1  # not an address: it takes nothing from the pool
+
+
 def free_addresses(
-    network: NetworkSpec, used: Iterable[IPv4Address], count: int
+    network: NetworkSpec, used: Iterable[IPv4Address | int], count: int
 ) -> list[IPv4Address | None]:
-    """The `count` lowest addresses of the network's pool that are not `used`.
+    """The `count` lowest addresses of the network's pool that are not `used` (given as
+    addresses or their numbers).
 
     A network without a cidr gives no addresses (None per port). Raises
     NetworkExhausted when the pool cannot hold `count` more.

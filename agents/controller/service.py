@@ -21,12 +21,14 @@ import structlog
 import uvicorn
 
 from agents.controller.api import Context, make_app
+from agents.controller.api_tls import check_files
 from agents.controller.bus import Bus
 from agents.controller.db.engine import Database, DatabaseError
 from agents.controller.db.store import Store
 from agents.controller.reconciler import Reconciler
 from agents.controller.rpcapi import ControllerEndpoint
-from agents.controller.settings import ControllerConfig
+from agents.controller.settings import ControllerConfig, ControllerSettings
+from agents.controller.tokens import Tokens
 from common.errors import AgentsError
 from common.rpc import CONTROLLER_TOPIC, EventConsumer, Messaging, RpcServer
 
@@ -41,7 +43,10 @@ def bind(listen: str) -> socket.socket:
     host, _, port = listen.rpartition(":")
     host = host.strip("[]") or "127.0.0.1"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto named: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto is
+    # IPPROTO_TCP, and accepted ones inherit it; with proto 0 every response on a kept-
+    # alive connection waited ~40 ms for the client's delayed ACK (headers, then body)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, int(port)))
@@ -50,6 +55,16 @@ def bind(listen: str) -> socket.socket:
         raise ListenError(listen=listen, problem=err.strerror or str(err)) from err
     sock.listen(512)
     return sock
+
+
+def api_security(settings: ControllerSettings) -> Tokens | None:
+    """The token file loaded (auth = tokens) and the TLS files checked, or a named error."""
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        check_files(settings.tls_cert_file, settings.tls_key_file)
+    if settings.auth == "none":
+        log.warning("api_auth_disabled", listen=settings.listen)
+        return None
+    return Tokens(settings.tokens_file)
 
 
 class Controller:
@@ -73,17 +88,24 @@ class Controller:
 
         from agents.controller.bus import Hub
 
+        # The API's tokens and TLS files first: a bad one fails the start at once, named.
+        tokens = api_security(self.settings)
         db = self.db = Database(self.config.database_url())
         db.ping()
-        db.upgrade()
-        log.info("database_ready", url=db.safe_url, revision=db.current_revision())
+        db.claim_sqlite()  # a second controller on one SQLite file stops here
         store = Store(db, self.settings.agent_down_time)
-        store.sync_networks(self.config.networks.values())
+        # Replicas starting at once on one PostgreSQL database take turns here: the
+        # first migrates and syncs the networks, the next finds both done.
+        with db.startup_lock():
+            db.upgrade()
+            store.sync_networks(self.config.networks.values())
+        log.info("database_ready", url=db.safe_url, revision=db.current_revision())
 
         # No probe: the event consumer below waits for the broker as long as it takes
         # (logging why every 10 s), so a broker that is down at boot delays READY
         # instead of failing the start into systemd's start limit.
         self.messaging = Messaging(self.config.messaging)
+        self.messaging.verify_tls()  # an untrusted broker certificate: a named start_failed
         hub = Hub()
         bus = Bus(self.messaging, store, hub, self.settings.call_timeout)
         events_topic = self.config.messaging.events_topic
@@ -93,6 +115,7 @@ class Controller:
             [f"{events_topic}.#", "vif_events.#"],
             bus.on_event,
             bus.on_bad_event,
+            batch_handler=bus.on_events,
         )
         self.consumer.start()
         # Agents ask for their desired state on start; every replica serves the one
@@ -113,6 +136,7 @@ class Controller:
             hub=hub,
             healthy=self.health,
             rng=random.SystemRandom(),
+            tokens=tokens,
         )
         sock = bind(self.settings.listen)
         self.port = sock.getsockname()[1]
@@ -123,6 +147,8 @@ class Controller:
                 access_log=False,
                 timeout_graceful_shutdown=int(self.settings.stop_grace) or None,
                 lifespan="off",
+                ssl_certfile=self.settings.tls_cert_file,
+                ssl_keyfile=self.settings.tls_key_file,
             )
         )
         self._server_thread = threading.Thread(
@@ -136,7 +162,13 @@ class Controller:
                     listen=self.settings.listen, problem="the HTTP server did not start"
                 )
             time.sleep(0.01)
-        log.info("controller_listening", listen=self.settings.listen, port=self.port)
+        log.info(
+            "controller_listening",
+            listen=self.settings.listen,
+            port=self.port,
+            scheme="https" if self.settings.tls_cert_file else "http",
+            auth=self.settings.auth,
+        )
 
     def health(self) -> dict[str, str]:
         parts = {"database": "ok", "broker": "ok"}

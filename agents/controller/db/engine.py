@@ -8,11 +8,18 @@ never wait for writers (WAL). PostgreSQL needs none of this; it runs READ COMMIT
 and the store takes row locks where order matters.
 
 Migrations are Alembic's, run on start (or by `agents-controller db upgrade`) on a
-connection of this engine.
+connection of this engine. Controller replicas on one PostgreSQL database take turns
+at that (`startup_lock`: a session advisory lock, released by the server when the
+holder's connection ends, also on kill -9). A SQLite file serves one controller only:
+`claim_sqlite` holds an exclusive lock on a file beside it for the process's life, so a
+second controller on the same file refuses to start instead of sharing it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +37,11 @@ from common.errors import AgentsError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 T = TypeVar("T")
+# pg_advisory_lock key of "migrate and sync networks" (any constant of this project)
+STARTUP_LOCK_KEY = 0x6167656E7473
+# PostgreSQL refused a transaction only for its timing: a deadlock (40P01) or a
+# serialization failure (40001); run again from scratch, like a unique conflict.
+_RETRY_SQLSTATES = ("40P01", "40001")
 
 
 class DatabaseError(AgentsError):
@@ -83,6 +95,7 @@ class Database:
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
+        self._sqlite_lock: int | None = None  # fd of claim_sqlite's lock file
 
     @property
     def safe_url(self) -> str:
@@ -104,6 +117,8 @@ class Database:
         except IntegrityError as err:
             raise Conflict(str(err.orig)) from err
         except DBAPIError as err:  # connection lost, database locked too long, ...
+            if getattr(err.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+                raise Conflict(_first_line(err)) from err
             raise DatabaseError(url=self.safe_url, problem=_first_line(err)) from err
 
     def retrying(self, work: Callable[[Session], T], attempts: int = 20) -> T:
@@ -126,6 +141,50 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._sqlite_lock is not None:
+            os.close(self._sqlite_lock)
+            self._sqlite_lock = None
+
+    # ------------------------------------------------------------------ replicas
+
+    @contextmanager
+    def startup_lock(self) -> Iterator[None]:
+        """PostgreSQL: hold the deployment's start-up lock (wait for it) while the body
+        runs, so two replicas starting at once never migrate or sync side by side.
+        SQLite: nothing (`claim_sqlite` keeps a second controller out altogether)."""
+        if self.is_sqlite:
+            yield
+            return
+        try:
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({STARTUP_LOCK_KEY})")
+        except DBAPIError as err:
+            raise DatabaseError(url=self.safe_url, problem=_first_line(err)) from err
+        try:
+            yield
+        finally:
+            with contextlib.suppress(DBAPIError):  # gone: the lock went with it
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({STARTUP_LOCK_KEY})")
+            conn.close()
+
+    def claim_sqlite(self) -> None:
+        """SQLite: take `<file>.lock` for the life of this process, or DatabaseError
+        naming the file when another controller holds it. No-op for PostgreSQL."""
+        path = self.url.removeprefix("sqlite:///")
+        if not self.is_sqlite or not path or path == ":memory:":
+            return
+        lock_path = f"{path}.lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatabaseError(
+                url=self.safe_url,
+                problem=f"another agents-controller uses this SQLite file (it holds"
+                f" {lock_path}); SQLite serves one controller, run replicas on PostgreSQL",
+            ) from None
+        self._sqlite_lock = fd
 
     # ------------------------------------------------------------------ migrations
 

@@ -1,9 +1,10 @@
 """What the hosts report, applied to the database: observed state, faults, the timeline.
 
-Each agent notification is applied in its own transaction, and the broker message is
-acknowledged only after that commits (the bus does that), so an event is never lost
-between the broker and the database; applying one twice changes nothing more than
-applying it once (states are set, not toggled; a finished operation stays finished).
+Agent notifications are applied in batches, one transaction each (`apply_batch`), and
+the broker messages are acknowledged only after it commits (the bus does that), so an
+event is never lost between the broker and the database; applying one twice changes
+nothing more than applying it once (states are set, not toggled; a finished operation
+stays finished; a redelivered event's timeline rows are not written twice).
 
 Returns the casts the report makes necessary: when a guest is gone (delete finished,
 or a build failed), its ports are unwired and their addresses released here, after
@@ -17,7 +18,7 @@ host to change anything.
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -80,11 +81,29 @@ class Records:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def apply(self, event_type: str, payload: Message) -> Applied:
-        if isinstance(payload, AgentHeartbeat):
-            self.store.db.retrying(lambda s: self._heartbeat(s, payload))
-            return Applied()
-        return self.store.db.retrying(lambda s: self._apply(s, event_type, payload))
+    def apply(self, event_type: str, payload: Message, redelivered: bool = False) -> Applied:
+        return self.apply_batch([(event_type, payload)], redelivered)
+
+    def apply_batch(
+        self, events: Sequence[tuple[str, Message]], redelivered: bool = False
+    ) -> Applied:
+        """Apply `events` in order, in one transaction; their casts and timeline flag
+        together. `redelivered`: some may have been applied before (timeline rows
+        already there are not added again; the rest is idempotent anyway)."""
+
+        def work(s: Session) -> Applied:
+            s.info["redelivered"] = redelivered
+            out = Applied()
+            for event_type, payload in events:
+                if isinstance(payload, AgentHeartbeat):
+                    self._heartbeat(s, payload)
+                    continue
+                applied = self._apply(s, event_type, payload)
+                out.casts.extend(applied.casts)
+                out.timeline = out.timeline or applied.timeline
+            return out
+
+        return self.store.db.retrying(work)
 
     def _apply(self, s: Session, event_type: str, payload: Message) -> Applied:
         if isinstance(payload, VifEvent):
@@ -132,7 +151,10 @@ class Records:
         if inst_uuid is None:  # released already (a vif_unplugged follows the release)
             released = s.get(ReleasedPort, str(ev.port_id))
             inst_uuid = released.instance_uuid if released is not None else None
-        inst = s.get(Instance, inst_uuid) if inst_uuid else None
+        inst = _locked(s, inst_uuid)
+        if port is not None and inst is not None:
+            # read again under the instance's lock: a delete may have released it
+            port = s.get(Port, str(ev.port_id), populate_existing=True)
         op = self._operation(s, inst, ev.request_id, None)
         if port is not None:
             if event_type == "port.vif_plugged":
@@ -175,7 +197,7 @@ class Records:
     # ------------------------------------------------------------------ instances
 
     def _instance(self, s: Session, event_type: str, ev: InstanceEvent) -> Applied:
-        inst = s.get(Instance, str(ev.instance_uuid))
+        inst = _locked(s, str(ev.instance_uuid))
         parts = event_type.split(".")
         kind = parts[1] if len(parts) == 3 else None
         phase = parts[2] if len(parts) == 3 else None
@@ -414,6 +436,20 @@ class Records:
             if kind is not None and op.kind == kind and request_id is None and not final:
                 return op
         return None
+
+
+def _locked(s: Session, uuid: str | None) -> Instance | None:
+    """The instance row, locked until the commit (PostgreSQL; SQLite serialises writers).
+
+    Replicas share the event queue, so two reports of one instance (a build's start and
+    its end) can be applied at the same moment by two controllers; the lock makes the
+    second wait and then read what the first wrote, instead of overwriting it with what
+    it read before. A report applied late then finds its operation finished, and
+    changes nothing but the timeline.
+    """
+    if uuid is None:
+        return None
+    return s.get(Instance, uuid, with_for_update=True, populate_existing=True)
 
 
 def _str(value: uuidlib.UUID | None) -> str | None:

@@ -53,6 +53,9 @@ from common.messages import (
 from common.messages import Port as WirePort
 
 OPEN_STATES = ("pending", "sent")
+# PostgreSQL: how long a timeline row behind a gap in the ids is held back from readers
+# (see `events_after`).
+EVENT_GAP_HOLD_S = 2.0
 AgentKind = Literal["compute", "l2"]
 
 
@@ -69,6 +72,9 @@ class Cast:
     method: str
     message: Message
     operation_id: str | None = None
+    # which attempt of its operation this cast is (claimed in the transaction that
+    # returned it; 0 for a cast that belongs to no operation)
+    attempt: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,10 @@ class Store:
         self.db = db
         self.agent_down_time = timedelta(seconds=agent_down_time)
         self.rng = rng or random.SystemRandom()
+        # How far behind the agents this controller applies their events (`heard`): a
+        # build burst queues thousands of events ahead of the heartbeats, and silence
+        # it cannot have heard yet is not an agent's silence.
+        self.event_lag = timedelta(0)
 
     # ------------------------------------------------------------------ networks
 
@@ -140,11 +150,13 @@ class Store:
                     )
                 return Accepted(response=seen.response, replayed=True)
 
-        hosts = self._place(s, req, now)
         # Lock the networks (PostgreSQL): concurrent creates on one network take turns
-        # here instead of proposing the same lowest address and retrying.
+        # here instead of proposing the same lowest address and retrying. Taken before
+        # placing: each create then sees the instances the previous one placed (READ
+        # COMMITTED), instead of 8 concurrent creates all picking the same emptiest host.
         net_ids = sorted({str(n.uuid) for n in req.networks})
         s.execute(select(Network.id).where(Network.id.in_(net_ids)).with_for_update())
+        hosts = self._place(s, req, now)
         per_net = {n.uuid: n for n in req.networks}
         wanted = {net_id: 0 for net_id in per_net}
         for net in req.networks:
@@ -158,7 +170,7 @@ class Store:
             )
             try:
                 addresses[net_id] = ipam.free_addresses(
-                    per_net[net_id], (IPv4Address(a) for a in used if a), count
+                    per_net[net_id], (ipam.address_int(a) for a in used if a), count
                 )
             except ipam.NetworkExhausted as err:
                 raise errors.NetworkExhaustedError(
@@ -208,8 +220,8 @@ class Store:
             created.append(inst)
         s.flush()
         for inst in created:
-            op_id = self._open_operation(s, inst.uuid)
-            casts += self._casts_for_create(s, inst, op_id)
+            op = self.open_operations(s, inst.uuid)[0]
+            casts += self.casts_for(s, op)
         response = {
             "request_id": req.request_id,
             "operation": "create",
@@ -256,12 +268,16 @@ class Store:
     def _loads(
         self, s: Session, now: datetime, host: str | None = None
     ) -> dict[str, scheduler.HostLoad]:
-        q = select(Agent).where(Agent.kind == "compute")
+        # plain rows, not ORM objects: every create reads every compute host
+        q = select(Agent.host, Agent.last_seen, Agent.vcpus, Agent.memory_mb).where(
+            Agent.kind == "compute"
+        )
         if host is not None:
             # Taking the host's row lock makes concurrent placements on one host (two
             # controller replicas) count each other's instances.
             q = q.where(Agent.host == host).with_for_update()
-        agents = list(s.scalars(q))
+        agents = list(s.execute(q))
+        of_hosts = [Instance.host == host] if host is not None else []
         used = dict(
             (row.host, (row.vcpus or 0, row.memory_mb or 0))
             for row in s.execute(
@@ -270,7 +286,7 @@ class Store:
                     func.sum(Instance.vcpus).label("vcpus"),
                     func.sum(Instance.memory_mb).label("memory_mb"),
                 )
-                .where(Instance.deleted_at.is_(None), Instance.state != "error")
+                .where(Instance.deleted_at.is_(None), Instance.state != "error", *of_hosts)
                 .group_by(Instance.host)
             )
         )
@@ -279,7 +295,7 @@ class Store:
             vcpus_used, mem_used = used.get(a.host, (0, 0))
             out[a.host] = scheduler.HostLoad(
                 host=a.host,
-                alive=self._alive(a, now),
+                alive=self._heard_since(a.last_seen, now),
                 vcpus=a.vcpus or 0,
                 memory_mb=a.memory_mb or 0,
                 vcpus_used=int(vcpus_used),
@@ -288,7 +304,19 @@ class Store:
         return out
 
     def _alive(self, agent: Agent, now: datetime) -> bool:
-        return now - views.utc(agent.last_seen) <= self.agent_down_time
+        return self._heard_since(agent.last_seen, now)
+
+    def _heard_since(self, last_seen: datetime, now: datetime) -> bool:
+        """Heard within agent_down_time, counted from where the event queue is: a
+        heartbeat still queued behind a backlog is not missing."""
+        return now - views.utc(last_seen) <= self.agent_down_time + self.event_lag
+
+    def heard(self, sent_at: datetime) -> None:
+        """An event sent at `sent_at` is being applied now: the lag behind the agents
+        (never negative; at most 10 x agent_down_time, so a stuck queue still ends in
+        `down`)."""
+        lag = utcnow() - views.utc(sent_at)
+        self.event_lag = max(timedelta(0), min(lag, 10 * self.agent_down_time))
 
     # ------------------------------------------------------------------ delete, reboot
 
@@ -381,10 +409,6 @@ class Store:
             )
         )
 
-    def _open_operation(self, s: Session, instance_uuid: str) -> str | None:
-        ops = self.open_operations(s, instance_uuid)
-        return ops[0].id if ops else None
-
     def finish_operation(
         self,
         s: Session,
@@ -411,19 +435,32 @@ class Store:
             final=True,
         )
 
-    def mark_sent(self, sent: Mapping[str, datetime]) -> None:
-        """The casts of these operations went out at the given times: record the hop."""
+    def mark_sent(
+        self, sent: Mapping[str, datetime], attempts: Mapping[str, int] | None = None
+    ) -> None:
+        """The casts of these operations went out at the given times: record the hop.
+
+        `attempts`: which attempt each one was (`Cast.attempt`; default the operation's
+        latest). The counter itself was moved when the attempt was claimed, so this
+        never counts; a hop older than the latest claim (another replica re-drove the
+        operation meanwhile) is left to that claim's own record.
+        """
         if not sent:
             return
 
         def work(s: Session) -> None:
-            for op in s.scalars(select(Operation).where(Operation.id.in_(list(sent)))):
+            for op in s.scalars(
+                select(Operation)
+                .where(Operation.id.in_(list(sent)))
+                .order_by(Operation.id)  # one lock order for every writer of a batch
+                .with_for_update()
+            ):
                 now = sent[op.id]
-                if op.state not in OPEN_STATES:
+                attempt = (attempts or {}).get(op.id, op.attempts)
+                if op.state not in OPEN_STATES or attempt < op.attempts:
                     continue
-                retry = op.attempts > 0
+                retry = attempt > 1
                 op.state = "sent"
-                op.attempts += 1
                 op.updated_at = now
                 inst = s.get(Instance, op.instance_uuid)
                 self.add_event(
@@ -434,18 +471,24 @@ class Store:
                     source="controller",
                     event="operation.retried" if retry else "casts.sent",
                     host=op.host,
-                    reason=f"attempt {op.attempts}" if retry else None,
+                    reason=f"attempt {attempt}" if retry else None,
                 )
 
         self.db.retrying(work)
 
-    def note_cast_failed(self, operation_id: str, reason: str) -> None:
-        """A cast could not be published; the operation stays open for the re-drive."""
+    def note_cast_failed(self, operation_id: str, reason: str, attempt: int = 0) -> None:
+        """A cast could not be published; the operation stays open for the re-drive.
+
+        The attempt it claimed is handed back (a cast that never left does not count
+        against `max_attempts`) unless a newer one was claimed meanwhile.
+        """
 
         def work(s: Session) -> None:
-            op = s.get(Operation, operation_id)
+            op = s.get(Operation, operation_id, with_for_update=True)
             if op is None:
                 return
+            if attempt and op.attempts == attempt and op.state in OPEN_STATES:
+                op.attempts = attempt - 1
             inst = s.get(Instance, op.instance_uuid)
             self.add_event(
                 s,
@@ -469,6 +512,12 @@ class Store:
         same ids (the agents are idempotent by uuid); one older than `operation_timeout`
         or cast `max_attempts` times fails with a named reason. Rows are claimed with
         SKIP LOCKED on PostgreSQL, so two controllers never drive the same operation.
+
+        The claim is what this transaction commits: `updated_at` set to now (no replica
+        picks the operation again for `redrive_after`) and `attempts` counted up
+        (`casts_for`), both under the row lock; the casts go out after the commit and
+        carry the attempt they claimed. A replica killed between the commit and the
+        cast leaves the operation open: the next claim, `redrive_after` later, casts it.
         """
         now = utcnow()
         quiet_since = now - timedelta(seconds=redrive_after)
@@ -563,20 +612,27 @@ class Store:
     # ------------------------------------------------------------------ casts
 
     def casts_for(self, s: Session, op: Operation) -> list[Cast]:
+        """The casts that carry `op` out, as its next attempt: the attempt is claimed
+        here (`op.attempts` counted up in the caller's transaction), so two replicas
+        never send, nor count, the same attempt."""
         inst = s.get(Instance, op.instance_uuid)
         if inst is None:
             return []
+        op.attempts = (op.attempts or 0) + 1
+        attempt = op.attempts
         if op.kind == "create":
-            return self._casts_for_create(s, inst, op.id)
+            return self._casts_for_create(s, inst, op.id, attempt)
         rid = op.request_id
         uuid = uuidlib.UUID(inst.uuid)
         if op.kind == "delete":
             msg: Message = DeleteInstance(request_id=rid, host=inst.host, instance_uuid=uuid)
-            return [Cast("compute", inst.host, "delete_instance", msg, op.id)]
+            return [Cast("compute", inst.host, "delete_instance", msg, op.id, attempt)]
         msg = RebootInstance(request_id=rid, host=inst.host, instance_uuid=uuid, hard=op.hard)
-        return [Cast("compute", inst.host, "reboot_instance", msg, op.id)]
+        return [Cast("compute", inst.host, "reboot_instance", msg, op.id, attempt)]
 
-    def _casts_for_create(self, s: Session, inst: Instance, op_id: str | None) -> list[Cast]:
+    def _casts_for_create(
+        self, s: Session, inst: Instance, op_id: str | None, attempt: int
+    ) -> list[Cast]:
         ports = [views.wire_port(p) for p in self._ports(s, inst.uuid)]
         casts = [
             Cast(
@@ -585,6 +641,7 @@ class Store:
                 "port_created",
                 PortCreated(request_id=inst.request_id, host=inst.host, port=p),
                 op_id,
+                attempt,
             )
             for p in ports
         ]
@@ -597,6 +654,7 @@ class Store:
                     request_id=inst.request_id, host=inst.host, instance=_spec(inst, ports)
                 ),
                 op_id,
+                attempt,
             )
         )
         return casts
@@ -716,6 +774,12 @@ class Store:
         final: bool = False,
         request_id: str | None = None,
     ) -> None:
+        """Add a timeline row. In a session marked `redelivered` (events the broker
+        handed over again, applied before: a crash between commit and ack) a row that
+        is already there is not added twice."""
+        inst_uuid = inst.uuid if inst else None
+        if s.info.get("redelivered") and _event_recorded(s, at, event, host, inst_uuid, port_id):
+            return
         s.add(
             Event(
                 at=at,
@@ -723,7 +787,7 @@ class Store:
                 request_id=request_id or (op.request_id if op else None),
                 operation_id=op.id if op else None,
                 operation=op.kind if op else None,
-                instance_uuid=inst.uuid if inst else None,
+                instance_uuid=inst_uuid,
                 instance=inst.name if inst else None,
                 port_id=port_id,
                 host=host,
@@ -764,7 +828,7 @@ class Store:
         self, host: str | None = None, state: str | None = None, name: str | None = None
     ) -> list[dict[str, Any]]:
         with self.db.reading() as s:
-            q = select(Instance)
+            q = select(*views.INSTANCE_COLUMNS)
             if state == "deleted":
                 q = q.where(Instance.deleted_at.is_not(None))
             else:
@@ -775,7 +839,7 @@ class Store:
                 q = q.where(Instance.host == host)
             if name is not None:
                 q = q.where(Instance.name == name)
-            instances = list(s.scalars(q.order_by(Instance.host, Instance.name, Instance.uuid)))
+            instances = list(s.execute(q.order_by(Instance.host, Instance.name, Instance.uuid)))
             return views.instances(s, instances)
 
     def show(self, ref: str) -> dict[str, Any]:
@@ -852,6 +916,17 @@ class Store:
         host: str | None = None,
         limit: int = 500,
     ) -> list[dict[str, Any]]:
+        """Timeline rows after id `after`, in id order, for a reader that resumes after
+        the last id it got.
+
+        PostgreSQL hands out ids when rows are inserted, not when they commit: two
+        writers (two replicas, or the API beside the event consumer) may commit id 101
+        before id 100, and a reader that took 101 would never ask for 100 again. So
+        when an id is missing below a row (a writer still open, or one rolled back),
+        that row and those after it wait until they are EVENT_GAP_HOLD_S old; a commit
+        that takes longer than that is the one case a reader can miss. SQLite
+        serialises writers: nothing is held.
+        """
         with self.db.reading() as s:
             q = select(Event).where(Event.id > after).order_by(Event.id).limit(limit)
             if request_id is not None:
@@ -872,7 +947,31 @@ class Store:
                         ),
                     )
                 )
-            return [views.event(e) for e in s.scalars(q)]
+            rows = list(s.scalars(q))
+            if rows and not self.db.is_sqlite:
+                rows = self._before_gaps(s, after, rows)
+            return [views.event(e) for e in rows]
+
+    def _before_gaps(self, s: Session, after: int, rows: list[Event]) -> list[Event]:
+        top = rows[-1].id
+        floor = max(after, top - 5000)
+        ids = (
+            select(Event.id.label("id"), func.lag(Event.id).over(order_by=Event.id).label("prev"))
+            .where(Event.id > floor, Event.id <= top)
+            .subquery()
+        )
+        gap_end = s.scalar(
+            select(func.min(ids.c.id)).where(ids.c.id - func.coalesce(ids.c.prev, floor) > 1)
+        )
+        if gap_end is None:
+            return rows
+        settled = utcnow() - timedelta(seconds=EVENT_GAP_HOLD_S)
+        out = []
+        for row in rows:
+            if row.id >= gap_end and views.utc(row.recorded_at) > settled:
+                break
+            out.append(row)
+        return out
 
     def last_event_id(self) -> int:
         with self.db.reading() as s:
@@ -919,3 +1018,22 @@ def _str_or_none(value: object) -> str | None:
 
 
 __all__ = ["Accepted", "Cast", "CreateRequest", "Store", "WirePort"]
+
+
+def _event_recorded(
+    s: Session,
+    at: datetime,
+    event: str,
+    host: str | None,
+    instance_uuid: str | None,
+    port_id: str | None,
+) -> bool:
+    """A timeline row of this event (same time, name, host, instance, port) exists."""
+    conds = [Event.at == at, Event.event == event]
+    for column, value in (
+        (Event.host, host),
+        (Event.instance_uuid, instance_uuid),
+        (Event.port_id, port_id),
+    ):
+        conds.append(column.is_(None) if value is None else column == value)
+    return s.scalar(select(Event.id).where(*conds).limit(1)) is not None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agents.controller.service import Controller
 from agents.controller.settings import ControllerConfig
+from agents.controller.tokens import add
 from agents.lab.broker import BrokerScope
 from agents.lab.procs import REPO
 from common.config import load
@@ -37,8 +38,12 @@ def write_config(
         "database_url": f"sqlite:///{tmp / 'controller.sqlite'}",
         "events_queue": scope.queue(f"{scope.exchange}.controller-events"),
         "host_sync_interval": 0,
+        # the API wants tokens, as installed; these tests do not call it
+        "tokens_file": tmp / "tokens",
         **controller,
     }
+    if not (tmp / "tokens").exists():
+        add(tmp / "tokens", "admin", "test")
     conf = tmp / "controller.conf"
     conf.write_text(
         f"[DEFAULT]\nstate_dir = {tmp}\n[controller]\n"

@@ -24,6 +24,7 @@ from agents.controller.db.engine import Database
 from agents.controller.db.records import Records
 from agents.controller.db.store import Store
 from agents.controller.settings import ControllerConfig
+from agents.controller.tokens import Tokens, add
 from agents.lab.procs import REPO
 from common.config import load
 from common.messages import AgentHeartbeat
@@ -48,6 +49,8 @@ def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[tuple[TestClient,
     store.sync_networks(config.networks.values())
     messaging = Messaging(config.messaging)
     hub = Hub()
+    tokens_file = tmp_path / "tokens"
+    secret = add(tokens_file, "admin", "test")
     ctx = Context(
         config=config,
         store=store,
@@ -55,6 +58,7 @@ def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[tuple[TestClient,
         hub=hub,
         healthy=lambda: {"database": "ok", "broker": "ok"},
         rng=random.Random(3),
+        tokens=Tokens(tokens_file),
     )
     host = broker_scope.host("node1")
     Records(store).apply(
@@ -69,7 +73,7 @@ def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[tuple[TestClient,
             memory_mb=4096,
         ),
     )
-    with TestClient(make_app(ctx)) as client:
+    with TestClient(make_app(ctx), headers={"Authorization": f"Bearer {secret}"}) as client:
         client.host_name = host  # type: ignore[attr-defined]
         yield client, store
     messaging.close()

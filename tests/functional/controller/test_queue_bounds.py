@@ -32,19 +32,20 @@ import pytest
 from agents.controller.db.store import Store
 from agents.controller.service import Controller
 from agents.lab.broker import BrokerScope
-
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 from common.messages import AgentHeartbeat, InstanceEvent, VifEvent
 from common.rpc import (
     NOTIFY_QUEUE_MAX_LENGTH,
     NOTIFY_QUEUE_TTL_S,
     Messaging,
     NotificationListener,
+    agent_events_topic,
     vif_events_topic,
 )
 from tests.functional.controller.running import running_controller
 
 pytestmark = pytest.mark.functional
+
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 BOUNDED = {"x-max-length": NOTIFY_QUEUE_MAX_LENGTH, "x-message-ttl": NOTIFY_QUEUE_TTL_S * 1000}
 
@@ -114,7 +115,9 @@ def test_every_queue_a_deployment_declares_carries_bounds(
     try:
         # the l2-agent publishes before the compute-agent listens: the events wait
         vif_events = l2.notifier(f"l2-agent.{host}", vif_events_topic(host))
-        agent_events = l2.notifier(f"l2-agent.{host}", topic)
+        # as the agents publish their own events: under their host's key, no queue
+        own = agent_events_topic(settings, host)
+        agent_events = l2.notifier(f"l2-agent.{host}", own, declare=False)
         vif_events.info("port.vif_plugged", vif(host), request_id="req-b")
         vif_events.error("port.plug_failed", vif(host, "no bridge"))
         agent_events.info(
@@ -125,7 +128,7 @@ def test_every_queue_a_deployment_declares_carries_bounds(
         )
         listener = compute.notification_listener([vif_events_topic(host)], [endpoint])
         listener.start()
-        batch = compute.batch_notifier(f"compute.{host}", topic)
+        batch = compute.batch_notifier(f"compute.{host}", own, declare=False)
         iid = uuid.uuid4()
         batch.publish(
             [
@@ -168,12 +171,8 @@ def test_every_queue_a_deployment_declares_carries_bounds(
         for name, args in queues.items()
         if broker_scope.suffix in name or broker_scope.exchange in name
     }
-    notification = {
-        f"vif_events.{host}.info",
-        f"vif_events.{host}.error",
-        f"{topic}.info",
-        f"{topic}.error",
-    }
+    # the agents' events declare nothing: the controller's queue is their only one
+    notification = {f"vif_events.{host}.info", f"vif_events.{host}.error"}
     events_queue = controller.settings.events_queue
     rpc = f"controller.{broker_scope.exchange}"
     assert set(ours) == notification | {events_queue, rpc}, ours

@@ -296,6 +296,65 @@ def test_stalled_operations_are_recast_then_given_up(store: Store) -> None:
     assert shown["ports"] == []
 
 
+def test_each_attempt_is_claimed_once_and_recorded_once(store: Store) -> None:
+    heartbeat(store, "node1")
+    acc = store.create(request(["web"], host="node1"))
+    assert {c.attempt for c in acc.casts} == {1}  # the create claimed the first attempt
+    op_id = acc.casts[0].operation_id
+    assert op_id is not None
+    old = datetime.now(UTC) - timedelta(seconds=60)
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=old))
+    redriven, _ = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=5)
+    again, _ = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=5)
+    assert {c.attempt for c in redriven} == {2} and again == []  # claimed: not twice
+    now = datetime.now(UTC)
+    # the first attempt's hop recorded late (a slow replica): attempt 2 is newer, so the
+    # old one writes nothing; attempt 2's hop once, and nothing counts a cast again
+    store.mark_sent({op_id: now}, {op_id: 1})
+    store.mark_sent({op_id: now}, {op_id: 2})
+    hops = [
+        (e["event"], e["reason"])
+        for e in store.timeline("web")["events"]
+        if e["event"] in ("casts.sent", "operation.retried")
+    ]
+    assert hops == [("operation.retried", "attempt 2")]
+    assert store.operation(op_id)["attempts"] == 2
+    # a cast that could not be published hands its attempt back
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=old))
+    third, _ = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=5)
+    assert {c.attempt for c in third} == {3}
+    store.note_cast_failed(op_id, "no queue", 3)
+    assert store.operation(op_id)["attempts"] == 2
+
+
+def test_concurrent_redrives_claim_each_operation_once(store: Store) -> None:
+    """Four reconcilers (as four replicas would) at once over 30 stalled operations:
+    SKIP LOCKED on PostgreSQL, serialised writers on SQLite; each operation once."""
+    heartbeat(store, "node1")
+    store.create(request([f"w{i}" for i in range(30)], host="node1"))
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=datetime.now(UTC) - timedelta(seconds=60)))
+    claimed: list[str] = []
+    lock = threading.Lock()
+    gate = threading.Barrier(4)
+
+    def reconciler() -> None:
+        gate.wait()
+        casts, _ = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=5)
+        with lock:
+            claimed.extend(c.operation_id or "" for c in casts if c.method == "build_instance")
+
+    threads = [threading.Thread(target=reconciler) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(claimed) == 30 and len(set(claimed)) == 30
+    assert {o["attempts"] for o in store.operations()} == {2}
+
+
 def test_busy_instance_refuses_reboot_but_delete_supersedes(store: Store) -> None:
     heartbeat(store, "node1")
     store.create(request(["web"], host="node1"))
