@@ -126,7 +126,7 @@ class Bench:
         self.vif_notifier = self.messaging.notifier(f"l2-agent.{host}", vif_events_topic(host))
         self.watcher = EventWatcher(
             self.settings,
-            [f"{self.settings.events_topic}.info", f"{self.settings.events_topic}.error"],
+            [f"{self.settings.events_topic}.#.info", f"{self.settings.events_topic}.#.error"],
         )
 
     def config(self, **compute: object) -> Path:

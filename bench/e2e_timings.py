@@ -68,7 +68,7 @@ def main() -> int:
         for agent in ("l2-agent", "compute-agent"):
             node.start(agent)
         settings = config.messaging
-        keys = [f"{settings.events_topic}.*", f"{vif_events_topic(host)}.*"]
+        keys = [f"{settings.events_topic}.#", f"{vif_events_topic(host)}.*"]
         with EventRecorder(settings, keys) as events, ConsoleWatch(controller) as consoles:
             for i in range(args.n):
                 name = f"b{i}"

@@ -44,11 +44,17 @@ left out of `sent` (shown as `drv_lost` in the table; their instances are still 
 and checked for leftovers at the end). Builds that had not ended must end.
 
 Rows (`--list`): kill -9 and SIGTERM of each process (compute-agent on real guests and
-on the test driver, l2-agent, controller on SQLite and on PostgreSQL), the broker's app
-stopped for 2 s, casts delivered twice and reordered, taps deleted and guests destroyed
-behind the agents' backs, malformed casts of every shape (fresh ids, and garbled copies
-of real casts). Timings are short ([controller] redrive_after 5 s, reconcile_interval
-1 s, host_sync_interval 3 s; [compute] vif_plugging_timeout 15 s; heartbeats 1 s).
+on the test driver, l2-agent, controller on SQLite and on PostgreSQL), kill -9 of one of
+two controller replicas on one PostgreSQL database (the clients move to the other,
+which finishes everything alone; `Run.http` takes the lab's comma-separated URLs and
+moves on when one refuses the connection, as agentctl does), the broker's app
+stopped for 2 s, kill -9 of the RabbitMQ node holding most of the agents' connections
+(a 3-node cluster of the row's own on loopback, quorum queues; the node is started
+again once the burst settled), casts delivered twice and reordered, taps deleted and
+guests destroyed behind the agents' backs, malformed casts of every shape (fresh ids,
+and garbled copies of real casts). Timings are short ([controller] redrive_after 5 s,
+reconcile_interval 1 s, host_sync_interval 3 s; [compute] vif_plugging_timeout 15 s;
+heartbeats 1 s).
 
 Usage (root): .venv/bin/python bench/faults.py [--quick] [--only NAME] [--list]
               [-n N] [--postgres ADMIN_URL] [--keep-logs DIR]
@@ -84,6 +90,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from agents.lab.broker import BrokerCluster, BrokerScope, free_base_port  # noqa: E402
 from agents.lab.host import LabHost, qemu_pids  # noqa: E402
 from agents.lab.lab import Lab  # noqa: E402
 from agents.lab.procs import broker_available, run, wait_for  # noqa: E402
@@ -163,8 +170,18 @@ def log(msg: str) -> None:
 class Http:
     """Small JSON client of the lab's controller (urllib: nothing else to install)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, token: str | None = None) -> None:
         self.url = url
+        # the lab's admin token (the API wants one, as installed)
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def rotated(self, by: int) -> Http:
+        """The same controllers, asked from the `by`-th on (spreads clients over them)."""
+        urls = self.url.split(",")
+        by %= len(urls)
+        other = Http(",".join(urls[by:] + urls[:by]))
+        other.auth = self.auth
+        return other
 
     def request(
         self,
@@ -175,14 +192,9 @@ class Http:
         timeout: float = 15,
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            f"{self.url}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", **(headers or {})},
-        )
+        hdrs = {"Content-Type": "application/json", **self.auth, **(headers or {})}
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with self._open(method, path, data, hdrs, timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as err:
             raw = err.read()
@@ -190,6 +202,25 @@ class Http:
                 return err.code, json.loads(raw)
             except ValueError:
                 return err.code, raw.decode(errors="replace")
+
+    def _open(
+        self, method: str, path: str, data: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Any:
+        """urlopen on the first of the lab's controllers (comma-separated URLs) that takes
+        the connection, as agentctl does: an HTTP answer is never sent elsewhere."""
+        urls = self.url.split(",")
+        for i, base in enumerate(urls):
+            req = urllib.request.Request(
+                f"{base}{path}", data=data, method=method, headers=headers
+            )
+            try:
+                return urllib.request.urlopen(req, timeout=timeout)
+            except urllib.error.HTTPError:
+                raise
+            except OSError:
+                if i == len(urls) - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def get(self, path: str, timeout: float = 10) -> Any:
         status, doc = self.request("GET", path, timeout=timeout)
@@ -275,6 +306,8 @@ class Row:
     clients: int = 8
     touches_broker: bool = False
     postgres: bool = False  # the controller on a scratch PostgreSQL database
+    cluster: bool = False  # on a 3-node RabbitMQ cluster of its own, quorum queues
+    replicas: int = 1  # controllers on that database, all serving the API (PostgreSQL)
     stagger: float = 0.04  # seconds between the burst's clients' first POSTs
 
 
@@ -318,10 +351,17 @@ class Run:
         self.row = row
         self.n = n
         self.prefix = f"f{uuidlib.uuid4().hex[:5]}"
+        self.cluster: BrokerCluster | None = None
+        scope = None
+        if row.cluster:
+            self.cluster = BrokerCluster(f"flt-{self.prefix}", 3, free_base_port(3))
+            self.cluster.__enter__()
+            scope = BrokerScope.new("flt-", self.cluster.transport_url, queue_type="quorum")
         self.lab = Lab.create(
             prefix="flt-",
             image_dir=IMAGE_DIR if row.driver == "qemu" else None,
             stop_signal=signal.SIGKILL,
+            scope=scope,
         )
         self.postgres = postgres
         self.node: LabHost
@@ -348,8 +388,10 @@ class Run:
     # ------------------------------------------------------------------ set-up
 
     def up(self) -> None:
-        ctl = self.lab.start_controller(postgres=self.postgres, settings=CONTROLLER)
-        self.http = Http(ctl.url)
+        ctl = self.lab.start_controller(
+            postgres=self.postgres, settings=CONTROLLER, replicas=self.row.replicas
+        )
+        self.http = Http(self.lab.url, ctl.token)
         self.node = self.lab.add_host("node1", driver=self.row.driver, compute=COMPUTE, l2=L2)  # type: ignore[arg-type]
         self.settings = load(BaseConfig, [self.lab.write_shared()]).messaging
         self.messaging = Messaging(self.settings)
@@ -384,20 +426,20 @@ class Run:
             key = f"{self.prefix}-{name or 'b'}-{i}"
             th = threading.Thread(
                 target=self._client,
-                args=(body, key, i * self.row.stagger),
+                args=(body, key, i * self.row.stagger, self.http.rotated(i)),
                 name=f"client-{i}",
                 daemon=True,
             )
             th.start()
             self.burst_threads.append(th)
 
-    def _client(self, body: dict[str, Any], key: str, delay: float) -> None:
+    def _client(self, body: dict[str, Any], key: str, delay: float, http: Http) -> None:
         time.sleep(delay)
         deadline = time.monotonic() + 60
         last = ""
         while time.monotonic() < deadline:
             try:
-                status, doc = self.http.request(
+                status, doc = http.request(
                     "POST", "/v1/instances", body, {"Idempotency-Key": key}, timeout=15
                 )
             except OSError as err:  # the controller is down: the same key again, later
@@ -856,7 +898,11 @@ class Run:
         if self.messaging is not None:
             with contextlib.suppress(Exception):
                 self.messaging.close()
-        self.lab.close()
+        try:
+            self.lab.close()
+        finally:
+            if self.cluster is not None:
+                self.cluster.down()
 
 
 def _parse(at: str) -> datetime:
@@ -895,6 +941,18 @@ def kill_restart(agent: str, sig: int = signal.SIGKILL) -> Callable[[Run], None]
     return inject
 
 
+def kill_replica(run: Run) -> None:
+    """kill -9 the first of two controllers mid-burst, not restarted: the other one
+    serves the clients (they move to it) and finishes every operation alone."""
+    _after_delay(run)
+    run.mark_fault()
+    run.ctl.stop(signal.SIGKILL, grace=30)
+    run.notes.append(
+        f"controller 1 of {len(run.lab.controllers)} killed; "
+        f"{sum(c.running() for c in run.lab.controllers)} serve on"
+    )
+
+
 def broker_bounce(run: Run) -> None:
     _after_delay(run)
     run.mark_fault()
@@ -906,6 +964,28 @@ def broker_bounce(run: Run) -> None:
             run_rmq("start_app")
     wait_for(broker_available, 30, 0.2, what="the broker to accept connections again")
     run.notes.append(f"broker away {time.monotonic() - run.fault_at:.1f}s")  # type: ignore[operator]
+
+
+def broker_node_kill(run: Run) -> None:
+    """kill -9 of the cluster node holding most of the agents' connections; it stays
+    down while the burst settles (two of three nodes keep every quorum queue)."""
+    assert run.cluster is not None
+    _after_delay(run)
+    victim = run.cluster.busiest_node(("compute-agent", "l2-agent"))
+    run.mark_fault()
+    run.cluster.kill(victim)
+    run.notes.append(f"node {victim} killed (of {len(run.cluster.nodes)}); down until settled")
+
+
+def broker_node_back(run: Run) -> None:
+    """After settling: the killed node started again (it rejoins from its own data);
+    deleting quorum queues while a member is down takes about 5 s each."""
+    assert run.cluster is not None
+    started = time.monotonic()
+    for node in run.cluster.nodes:
+        if node.pid() is None:
+            run.cluster.start(node.index)
+    run.notes.append(f"killed node back in {time.monotonic() - started:.1f}s")
 
 
 def run_rmq(action: str) -> None:
@@ -1434,6 +1514,17 @@ ROWS = [
         postgres=True,
     ),
     Row(
+        "controller-replica-kill",
+        "test",
+        40,
+        10,
+        kill_replica,
+        "two controllers on one PostgreSQL database, both taking the burst; kill -9 of one"
+        " mid-burst, not restarted",
+        postgres=True,
+        replicas=2,
+    ),
+    Row(
         "term-compute-embed",
         "qemu",
         4,
@@ -1477,6 +1568,17 @@ ROWS = [
         broker_bounce,
         "rabbitmqctl stop_app, 2 s, start_app mid-burst",
         touches_broker=True,
+    ),
+    Row(
+        "broker-node-kill",
+        "test",
+        40,
+        10,
+        broker_node_kill,
+        "kill -9 of the RabbitMQ node the agents are connected to mid-burst; 3-node"
+        " cluster, quorum queues",
+        after=broker_node_back,
+        cluster=True,
     ),
     Row(
         "duplicate-casts",
@@ -1553,7 +1655,15 @@ ROWS = [
         clients=3,
     ),
 ]
-QUICK_ORDER = ["kill-compute-test", "kill-l2", "kill-controller", "duplicate-casts", "malformed"]
+QUICK_ORDER = [
+    "kill-compute-test",
+    "kill-l2",
+    "kill-controller",
+    "controller-replica-kill",
+    "broker-node-kill",
+    "duplicate-casts",
+    "malformed",
+]
 
 
 def run_row(row: Row, n: int, postgres: str | None, keep_logs: Path | None = None) -> Result:

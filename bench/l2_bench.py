@@ -33,7 +33,6 @@ from typing import Any
 import kombu
 import structlog
 
-from common.workers import KeyedSerialExecutor
 from agents.l2.endpoint import L2Endpoint
 from agents.l2.manager import L2Manager
 from agents.l2.metrics import L2Metrics
@@ -45,6 +44,7 @@ from common.config import load
 from common.messages import Message, PingReply, Port, PortCreated, new_request_id
 from common.metrics import Registry
 from common.rpc import L2_TOPIC, Messaging, Notifier, vif_events_topic, watching
+from common.workers import KeyedSerialExecutor
 
 REPO = Path(__file__).resolve().parents[1]
 NET = uuid.UUID("5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31")  # net1 (vxlan 1001) in etc/shared.conf
@@ -105,7 +105,7 @@ def cleanup_broker(config: L2Config) -> None:
             f"{L2_TOPIC}.{host}",
             f"{vif_events_topic(host)}.info",
             f"{vif_events_topic(host)}.error",
-            f"{config.messaging.events_topic}.error",
+            f"{config.messaging.events_topic}.#.error",
         ):
             with contextlib.suppress(Exception):
                 conn.channel().queue_delete(queue)

@@ -4,12 +4,17 @@ Owns one controller of one lab: its config (rendered from `etc/controller.conf` 
 lab's listen address, state dir, events queue and database, next to the lab's
 shared.conf), the process (the `ExecStart=` of systemd/agents-controller.service, started
 in its own session, stdout and stderr to `controller.log`), waiting for `GET /healthz` to
-answer 200, small JSON GETs against its API, and `close()`: SIGTERM (SIGKILL after the
+answer 200, small JSON GETs against its API (with the lab's admin token; https verified
+against the lab's CA when it has TLS files), and `close()`: SIGTERM (SIGKILL after the
 grace), then its durable events queue deleted and a scratch PostgreSQL database dropped.
 The SQLite file lives in the lab's directory and goes with it.
 
 Its listen port is chosen free on the first start and kept across restarts, so clients
 (and `AGENTS_URL`) stay valid. It must not signal any process but its own.
+
+A replica (`replica_of=`) is a second controller of the same deployment: its own
+directory, config dir and port, the first one's events queue and PostgreSQL database;
+those stay when a replica closes (the first controller removes them).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -51,8 +57,20 @@ class LabController:
         postgres: str | None = None,
         settings: Mapping[str, object] | None = None,
         port: int | None = None,
+        replica_of: LabController | None = None,
+        transport_url: str = broker.TRANSPORT_URL,
+        tokens_file: Path | None = None,
+        token: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.dir = dir
+        # The API's token file ([controller] tokens_file) and the admin token the lab's
+        # own reads send; None with `auth = none` in settings.
+        self.tokens_file = tokens_file
+        self.token = token
+        # With tls_cert_file/tls_key_file in settings the API is https, verified with this.
+        self.ca_file = ca_file
+        self.transport_url = transport_url
         self.etc = etc
         self.events_queue = events_queue
         self.postgres_admin = postgres
@@ -60,6 +78,17 @@ class LabController:
         self.port = port
         self.database: ScratchPostgres | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.replica_of = replica_of
+        if replica_of is not None:
+            if replica_of.database is None:
+                raise LabError(
+                    "a controller replica needs the first controller on PostgreSQL"
+                    " (SQLite serves one controller)"
+                )
+            self.database = replica_of.database
+            self.events_queue = replica_of.events_queue
+            self.tokens_file, self.token = replica_of.tokens_file, replica_of.token
+            self.ca_file = replica_of.ca_file
 
     @property
     def conf(self) -> Path:
@@ -73,7 +102,17 @@ class LabController:
     def url(self) -> str:
         if self.port is None:
             raise LabError("the controller was never started: it has no URL yet")
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.settings.get("tls_cert_file") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def _open(self, path: str, timeout: float) -> Any:
+        """urlopen of `path` on the API, with the lab's token (and CA for https)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers)
+        context = None
+        if self.url.startswith("https:"):
+            context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
 
     @property
     def database_url(self) -> str:
@@ -98,6 +137,7 @@ class LabController:
                     # agents of a lab beat every second: a silent one is down soon
                     "agent_down_time": 6,
                     "stop_grace": 5,
+                    **({"tokens_file": self.tokens_file} if self.tokens_file else {}),
                 },
             },
             {"controller": self.settings},
@@ -137,7 +177,7 @@ class LabController:
         if self.proc.poll() is not None:
             raise _Exited(f"{PROG} exited {self.proc.returncode}:\n{tail(self.log)}")
         try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+            with self._open("/healthz", timeout=2) as resp:
                 return bool(resp.status == 200)
         except (OSError, urllib.error.URLError):
             return False
@@ -158,26 +198,28 @@ class LabController:
         return self.stop(signal.SIGKILL)
 
     def close(self) -> None:
-        """Stop the process, delete its events queue, drop a scratch database."""
+        """Stop the process, delete its events queue, drop a scratch database (a
+        replica leaves both to the first controller)."""
         try:
             if self.proc is not None:
                 with contextlib.suppress(Exception):
                     stop_process(self.proc, signal.SIGTERM, 20)
                 signal_process(self.proc, signal.SIGKILL)
         finally:
-            try:
-                broker.delete([self.events_queue])
-            finally:
-                if self.database is not None:
-                    self.database.drop()
-                    self.database = None
+            if self.replica_of is None:
+                try:
+                    broker.delete([self.events_queue], url=self.transport_url)
+                finally:
+                    if self.database is not None:
+                        self.database.drop()
+                        self.database = None
 
     # ------------------------------------------------------------------ API reads
 
     def get(self, path: str, timeout: float = 10) -> Any:
         """GET `path` of the API; its JSON, or LabError with the error body."""
         try:
-            with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as resp:
+            with self._open(path, timeout=timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
             raise LabError(f"GET {path}: {err.code} {err.read().decode(errors='replace')}") from err
@@ -211,7 +253,7 @@ class LabController:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                urllib.request.urlopen(f"{self.url}/healthz", timeout=1).close()
+                self._open("/healthz", timeout=1).close()
             except (OSError, urllib.error.URLError):
                 return
             time.sleep(0.1)

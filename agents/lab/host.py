@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from agents.lab.broker import consumers
+from agents.lab.broker import TRANSPORT_URL, consumers
 from agents.lab.configs import Values, merge, render_config, sample, unit_command
 from agents.lab.netns import NamespaceHost
 from agents.lab.procs import LabError, run, stop_process, tail, wait_for
@@ -51,6 +51,8 @@ class LabHost:
     # Set by the lab when a controller runs: starting an agent then also waits until the
     # controller heard its first heartbeat.
     controller_hosts: HostsView | None = None
+    # the broker its agents use (a cluster's multi-node URL in a clustered lab)
+    transport_url: str = TRANSPORT_URL
 
     @property
     def etc(self) -> Path:
@@ -82,10 +84,7 @@ class LabHost:
         (self.etc / "shared.conf").write_text(shared)
         if self.driver == "test":
             image_dir = image_dir or self.dir / "images"
-            image = image_dir / "tiny.qcow2"
-            if not image.exists():
-                image_dir.mkdir(parents=True, exist_ok=True)
-                run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+            ensure_tiny_image(image_dir)
             hypervisor: dict[str, object] = {
                 "libvirt_uri": "test:///default",
                 "domain_type": "test",
@@ -144,7 +143,7 @@ class LabHost:
 
         def consumed() -> bool:
             self._check_alive(agent)
-            return consumers(queue) > 0
+            return consumers(queue, self.transport_url) > 0
 
         wait_for(consumed, timeout, 0.2, what=f"{agent} of {self.name} to consume {queue}")
         view = self.controller_hosts
@@ -161,6 +160,14 @@ class LabHost:
             )
 
         wait_for(heard, timeout, 0.2, what=f"the controller to hear {agent} of {self.name}")
+
+    def serving(self, agent: str) -> bool:
+        """The agent's RPC queue has a consumer (one look, no wait)."""
+        return consumers(f"{TOPIC[agent]}.{self.host}", self.transport_url) > 0
+
+    def check_alive(self, agent: str) -> None:
+        """LabError with its log's tail when `agent` has exited."""
+        self._check_alive(agent)
 
     def _check_alive(self, agent: str) -> None:
         proc = self.agents[agent]
@@ -234,6 +241,15 @@ class LabHost:
                 self.kill_guests()
             finally:
                 self.ns.close()
+
+
+def ensure_tiny_image(image_dir: Path) -> Path:
+    """The test driver's 16 MiB qcow2 image `tiny` in `image_dir`, made once."""
+    image = image_dir / "tiny.qcow2"
+    if not image.exists():
+        image_dir.mkdir(parents=True, exist_ok=True)
+        run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"])
+    return image
 
 
 def qemu_pids(embed_root: Path) -> list[int]:

@@ -194,6 +194,7 @@ def print_reach(state: dict[str, Any]) -> None:
     print(f"The controller's API: {state['url']} (log: {state['dir']}/controller/controller.log)")
     print("Use agentctl against it:")
     print(f"  export AGENTS_URL={state['url']}")
+    print(f'  export AGENTS_TOKEN="$(cat {state["dir"]}/etc/admin.token)"   # its admin token')
     print(f"  {venv_bin}/agentctl console-log {GUEST}")
     print(f"  {venv_bin}/agentctl list")
     print(f"  {venv_bin}/agentctl show {GUEST} --timeline")

@@ -56,7 +56,10 @@ def test_quickstart_up_reach_and_down(guest_image_dir: Path) -> None:
         assert export and export.group(1) == f"http://127.0.0.1:{port}", up.stdout
         console = re.search(r"^\s+(\S+/agentctl console-log \S+)$", up.stdout, re.M)
         assert console, up.stdout
+        token = re.search(r'export AGENTS_TOKEN="\$\(cat (\S+)\)"', up.stdout)
+        assert token, up.stdout
         clean_env = {k: v for k, v in env.items() if not k.startswith("AGENTS_CONFIG")}
+        clean_env["AGENTS_TOKEN"] = Path(token.group(1)).read_text().strip()
         logged = subprocess.run(
             console.group(1).split(),
             env={**clean_env, "AGENTS_URL": export.group(1)},

@@ -191,7 +191,7 @@ def test_two_hosts_real_guests_one_network(lab: Lab, capsys: pytest.CaptureFixtu
 
     settings = messaging_settings(lab)
     keys = [
-        f"{settings.events_topic}.*",
+        f"{settings.events_topic}.#",
         *(f"{vif_events_topic(n.host)}.*" for n in (node1, node2)),
     ]
     assert lab.controller is not None

@@ -2,9 +2,11 @@
 
 A handful of rows with small bursts on the libvirt test driver, each its own lab
 (controller, one host with both agents): kill -9 of the compute-agent, of the
-l2-agent and of the controller mid-burst, every cast delivered again, and malformed
+l2-agent and of the controller mid-burst, kill -9 of one of two controller replicas
+on PostgreSQL mid-burst, kill -9 of the RabbitMQ node the agents use (a 3-node
+cluster of the row's own, quorum queues), every cast delivered again, and malformed
 casts of every shape. Each row prints `ROW scenario=... lost=N duplicated=N ...`; no
-row may lose or duplicate anything. The broker row (rabbitmqctl stop_app) and the real
+row may lose or duplicate anything. The broker-bounce row (rabbitmqctl stop_app) and the real
 QEMU rows are not in the quick version: they belong to the full table.
 """
 
@@ -21,7 +23,15 @@ from agents.lab.procs import REPO, broker_available
 
 pytestmark = pytest.mark.functional
 
-QUICK_ROWS = {"kill-compute-test", "kill-l2", "kill-controller", "duplicate-casts", "malformed"}
+QUICK_ROWS = {
+    "kill-compute-test",
+    "kill-l2",
+    "kill-controller",
+    "controller-replica-kill",
+    "broker-node-kill",
+    "duplicate-casts",
+    "malformed",
+}
 ROW = re.compile(
     r"^ROW scenario=(?P<scenario>\S+) sent=(?P<sent>\d+) running=(?P<running>\d+) "
     r"error=(?P<error>\d+) lost=(?P<lost>\d+) duplicated=(?P<duplicated>\d+) "

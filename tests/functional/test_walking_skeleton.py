@@ -29,7 +29,7 @@ NET_UUID = "5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31"  # net1 in etc/shared.conf
 def test_build_over_rabbitmq_wires_tap_and_starts_guest(lab: Lab) -> None:
     node1 = lab.add_host("node1")
     settings = load(BaseConfig, [lab.write_shared()]).messaging
-    keys = [f"{settings.events_topic}.*", f"vif_events.{node1.host}.*"]
+    keys = [f"{settings.events_topic}.#", f"vif_events.{node1.host}.*"]
     with watching(settings, keys) as watcher:
         result = lab.agentctl(
             "--json", "send", "build", "--host", node1.host, "--name", "skel-1", "--wait",

@@ -159,7 +159,7 @@ class Controller:
             f"l2-agent.{self.host}", vif_events_topic(self.host)
         )
         self.watcher = EventWatcher(
-            dep.settings, [f"{dep.events_topic}.info", f"{dep.events_topic}.error"]
+            dep.settings, [f"{dep.events_topic}.#.info", f"{dep.events_topic}.#.error"]
         )
         self.events: list[Event] = []
 

@@ -279,7 +279,7 @@ def test_metrics_heartbeat_version_and_graceful_stop(
         l2env.conf.read_text().replace("listen = 127.0.0.1:0", f"listen = 127.0.0.1:{port_no}")
     )
     events_topic = l2env.config().messaging.events_topic
-    with watching(l2env.config().messaging, [f"{events_topic}.info"]) as agent_watch:
+    with watching(l2env.config().messaging, [f"{events_topic}.#.info"]) as agent_watch:
         proc = spawn_agent(l2env, tmp_path / "agent.log")
         try:
             pong = wait_serving(messaging, l2env.host)

@@ -10,8 +10,10 @@ bounded by it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -105,6 +107,14 @@ def gid(root: Path, group: str) -> int:
     raise KeyError(group)
 
 
+def uid(root: Path, user: str) -> int:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        name, _, number, *_ = line.split(":")
+        if name == user:
+            return int(number)
+    raise KeyError(user)
+
+
 def policies(vhost: str) -> dict[str, dict[str, object]]:
     out = subprocess.run(
         ["rabbitmqctl", "list_policies", "-p", vhost, "--formatter", "json", "-q"],
@@ -155,7 +165,20 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         assert {"agents", "kvm"} <= set(account_names(root, "group"))
         assert "libvirt-qemu" in account_names(root, "passwd")
         assert stat.S_IMODE(etc.stat().st_mode) == 0o750
-        assert sorted(p.name for p in etc.iterdir()) == samples
+        assert sorted(p.name for p in etc.iterdir()) == sorted([*samples, "tokens"])
+        # the API's token file (hashes, the controller's) and root's admin token
+        tokens = etc / "tokens"
+        assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
+        assert (tokens.stat().st_uid, tokens.stat().st_gid) == (
+            uid(root, "agents"),
+            gid(root, "agents"),
+        )
+        root_token = root / "root/.config/agents/token"
+        assert stat.S_IMODE(root_token.stat().st_mode) == 0o600
+        secret = root_token.read_text().strip()
+        assert secret.startswith("agt_") and secret not in tokens.read_text()
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        assert re.search(rf"^admin root-\d+ sha256:{digest}$", tokens.read_text(), re.M)
         for name in samples:
             conf = etc / name
             assert conf.read_bytes() == (checkout / "etc" / name).read_bytes()
@@ -195,6 +218,7 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         second = install(checkout, root, "--vhost", vhost)
 
         assert "kept" in second.stdout
+        assert root_token.read_text().strip() == secret  # not minted twice
         assert "package unchanged" in second.stdout  # same sources: no rebuild
         assert edited.read_bytes() == edited_bytes
         assert l2_unit.read_bytes() == (checkout / "systemd/l2-agent.service").read_bytes()
@@ -215,7 +239,8 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         for unit_name in UNITS:
             assert not (root / "etc/systemd/system" / unit_name).exists()
         # the edited config and the data stay; untouched samples go
-        assert sorted(p.name for p in etc.iterdir()) == ["shared.conf"]
+        assert sorted(p.name for p in etc.iterdir()) == ["shared.conf", "tokens"]
+        assert root_token.read_text().strip() == secret
         assert edited.read_bytes() == edited_bytes
         assert disk.read_bytes() == b"an instance disk"
         assert "agents" in account_names(root, "group")
@@ -227,6 +252,7 @@ def test_install_reinstall_uninstall_purge(tmp_path: Path, vhost: str) -> None:
         install(checkout, root, "--uninstall", "--purge")
 
         assert not etc.exists()
+        assert not root_token.exists()
         assert not (root / "var/lib/agents").exists()
         assert not (root / "opt/agents").exists()
         assert not {"agents", "kvm"} & set(account_names(root, "group"))

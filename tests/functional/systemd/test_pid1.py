@@ -93,8 +93,11 @@ class Machine:
         script = (
             "import json, sys, urllib.request, urllib.error\n"
             "method, url, data = sys.argv[1], sys.argv[2], sys.argv[3]\n"
+            # root's admin API token, made by install.sh
+            "token = open('/root/.config/agents/token').read().strip()\n"
             "req = urllib.request.Request(url, method=method, data=data.encode() or None,\n"
-            "    headers={'Content-Type': 'application/json'})\n"
+            "    headers={'Content-Type': 'application/json',\n"
+            "             'Authorization': 'Bearer ' + token})\n"
             "try:\n"
             "    r = urllib.request.urlopen(req, timeout=20)\n"
             "except urllib.error.HTTPError as e:\n"

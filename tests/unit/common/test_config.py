@@ -67,7 +67,8 @@ def test_incoherent_network_names_the_section(tmp_path: Path) -> None:
 
 def test_duplicate_network_uuid_is_refused(tmp_path: Path) -> None:
     text = "".join(
-        f"[network:{n}]\nuuid = 5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a32\ntype = vxlan\nsegmentation_id = 5\n"
+        f"[network:{n}]\nuuid = 5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a32\n"
+        "type = vxlan\nsegmentation_id = 5\n"
         for n in ("a", "b")
     )
     with pytest.raises(ConfigSectionError, match="share uuid"):
@@ -112,3 +113,31 @@ def test_allocation_pool_skips_gateway() -> None:
         }
     )
     assert [str(a) for a in net.allocation_pool() or ()] == ["10.0.0.2", "10.0.0.6"]
+
+
+@pytest.mark.parametrize(
+    "cidr", ["10.0.0.0/8", "10.0.0.0/20", "10.0.0.0/30", "10.0.0.0/31", "10.0.0.7/32"]
+)
+def test_allocation_pool_is_the_first_and_last_host(cidr: str) -> None:
+    """Computed without listing the hosts (it runs on every create), the same edges as
+    `hosts()`: /31 and /32 give every address, larger networks drop network and
+    broadcast."""
+    import ipaddress
+
+    from common.config import NetworkSpec
+
+    net = NetworkSpec.model_validate(
+        {
+            "uuid": "5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a32",
+            "type": "vxlan",
+            "segmentation_id": 5,
+            "cidr": cidr,
+        }
+    )
+    network = ipaddress.IPv4Network(cidr)
+    if network.num_addresses <= 1024:
+        hosts = list(network.hosts())
+        first, last = hosts[0], hosts[-1]
+    else:
+        first, last = network.network_address + 1, network.broadcast_address - 1
+    assert net.allocation_pool() == (first, last)
