@@ -163,17 +163,17 @@ def agentctl_ms(env: dict[str, str], *args: str) -> float:
 
 
 def build_all(
-    url: str, token: str | None, names: Sequence[str], clients: int
+    urls: Sequence[str], token: str | None, names: Sequence[str], clients: int
 ) -> tuple[float, list[float], int]:
-    """POST one instance per name from `clients` threads; (first POST time, each POST's
-    ms, refused POSTs)."""
+    """POST one instance per name from `clients` threads, spread over the controllers'
+    `urls`; (first POST time, each POST's ms, refused POSTs)."""
     todo = list(reversed(names))
     lock = threading.Lock()
     post_ms: list[float] = []
     refused: list[str] = []
     first: list[float] = []
 
-    def client() -> None:
+    def client(url: str) -> None:
         api = Api(url, token)
         try:
             while True:
@@ -193,7 +193,10 @@ def build_all(
         finally:
             api.close()
 
-    threads = [threading.Thread(target=client) for _ in range(max(1, clients))]
+    threads = [
+        threading.Thread(target=client, args=(urls[i % len(urls)],))
+        for i in range(max(1, clients))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -246,8 +249,10 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     ctl = lab.start_controller(
         postgres=PG_ADMIN if args.postgres else None,
         settings={"agent_down_time": 4 * beat, "max_count": 1000},
+        replicas=args.replicas,
     )
     assert ctl.proc is not None
+    ctl_pids = [c.proc.pid for c in lab.controllers if c.proc is not None]
     started = time.monotonic()
     hosts = lab.add_hosts(
         [f"h{i:03d}" for i in range(n)],
@@ -261,12 +266,13 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     total = n * per_host
     names = [f"s{i:05d}" for i in range(total)]
     agent_pids = [p.pid for h in hosts for p in h.agents.values()]
-    ctl_cpu0, agents_cpu0 = cpu_ms(ctl.proc.pid), sum(map(cpu_ms, agent_pids))
-    first_post, post_ms, refused = build_all(ctl.url, ctl.token, names, args.clients)
+    ctl_cpu0, agents_cpu0 = sum(map(cpu_ms, ctl_pids)), sum(map(cpu_ms, agent_pids))
+    urls = [c.url for c in lab.controllers]
+    first_post, post_ms, refused = build_all(urls, ctl.token, names, args.clients)
     backlog = events_backlog(lab)
     api = Api(ctl.url, ctl.token)
     rows = wait_settled(api, total - refused, timeout=120 + total / 5)
-    ctl_cpu = cpu_ms(ctl.proc.pid) - ctl_cpu0
+    ctl_cpu = sum(map(cpu_ms, ctl_pids)) - ctl_cpu0
     agents_cpu = sum(map(cpu_ms, agent_pids)) - agents_cpu0
     by_name = {r["name"]: r for r in rows}
     not_running = [r["name"] for r in rows if r["state"] != "running"]
@@ -309,7 +315,8 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
         list_ms=statistics.median(list_ms),
         show_ms=statistics.median(show_ms),
         agents_ms=statistics.median(agents_ms),
-        controller_rss_mib=rss_mib(ctl.proc.pid),
+        # with replicas: the largest one's (each is a whole controller)
+        controller_rss_mib=max(map(rss_mib, ctl_pids)),
         agent_rss_mib=statistics.median(agent_rss),
         lost=lost + refused,
     )
@@ -371,7 +378,16 @@ def main() -> int:
         action="store_true",
         help=f"the controller on a scratch database of {PG_ADMIN}",
     )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="controllers on one PostgreSQL database (needs --postgres); the clients"
+        " are spread over them, CPU is their sum",
+    )
     args = parser.parse_args()
+    if args.replicas > 1 and not args.postgres:
+        parser.error(f"--replicas {args.replicas} needs --postgres (SQLite serves one controller)")
     sizes = args.hosts or [10]
     for value, name in (
         (min(sizes), "--hosts"),
@@ -379,6 +395,7 @@ def main() -> int:
         (args.clients, "--clients"),
         (args.runs, "--runs"),
         (args.parallel, "--parallel"),
+        (args.replicas, "--replicas"),
     ):
         if value < 1:
             parser.error(f"{name} must be at least 1, got {value}")

@@ -91,16 +91,16 @@ if ! broker_answers; then
     echo "setup.sh: rabbitmq-server answers on 127.0.0.1:5672"
 fi
 
-# Notification queues carry their own bounds (x-max-length, x-message-ttl: common.rpc
-# declares them so). Queues an older version declared without bounds are dropped here:
-# the broker refuses to re-declare a queue with other arguments, and nobody consumes
-# the operator-event queues (the controller reads its own queue). docs/operations.md
-# has the same step for a deployment.
+# Older versions published agent events under `agents_events.<priority>` and declared
+# those queues (at first without bounds). Events now carry their host in the routing
+# key and the controller reads its own queue, so nothing uses `agents_events.info` /
+# `.error` any more: drop them while nobody consumes them. docs/operations.md has the
+# same step for a deployment.
 if command -v rabbitmqctl >/dev/null; then
-    rabbitmqctl -q list_queues name arguments 2>/dev/null \
-        | awk '$1 ~ /^agents_events\.(info|error)$/ && $2 == "[]" {print $1}' \
+    rabbitmqctl -q list_queues name consumers 2>/dev/null \
+        | awk '$1 ~ /^agents_events\.(info|error)$/ && $2 == 0 {print $1}' \
         | while read -r queue; do
-            rabbitmqctl -q delete_queue "$queue" >/dev/null && echo "setup.sh: dropped unbounded queue $queue"
+            rabbitmqctl -q delete_queue "$queue" >/dev/null && echo "setup.sh: dropped unused queue $queue"
         done
 fi
 

@@ -27,6 +27,6 @@ echo "== mypy"
 echo "== pytest"
 began=$SECONDS
 status=0
-"$VENV/bin/pytest" -p no:cacheprovider -ra --timeout=600 "$@" tests || status=$?
+"$VENV/bin/pytest" -p no:cacheprovider -ra --durations=25 --timeout=600 "$@" tests || status=$?
 echo "== pytest took $((SECONDS - began)) s"
 exit "$status"
