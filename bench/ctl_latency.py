@@ -16,7 +16,12 @@ Then where the time goes: the interpreter's own start-up, agentctl's imports
 (`python -X importtime`), and the controller's side of each request (its log line
 `request ... duration_ms=`).
 
-Usage (root, RabbitMQ on 127.0.0.1:5672): .venv/bin/python bench/ctl_latency.py [--runs 15]
+`--instances N` first builds N more instances on the host (batches of 100 through
+`agentctl send build --count 100 --wait`; net1 widened to a /20 past 200), so that
+`list` is timed over N + 1 rows, as on a large deployment without its hosts.
+
+Usage (root, RabbitMQ on 127.0.0.1:5672):
+  .venv/bin/python bench/ctl_latency.py [--runs 15] [--instances 1000]
 """
 
 from __future__ import annotations
@@ -104,18 +109,34 @@ def server_side(lab: Lab, names: set[str]) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per command (>= 10)")
+    parser.add_argument(
+        "--instances", type=int, default=0, help="build this many more before timing (<= 3000)"
+    )
     args = parser.parse_args()
     if args.runs < 10:
         parser.error("--runs must be at least 10")
+    if not 0 <= args.instances <= 3000:
+        parser.error(f"--instances must be 0-3000 (got {args.instances})")
     if not broker_available():
         print("RabbitMQ is not reachable on 127.0.0.1:5672", file=sys.stderr)
         return 3
-    with Lab.create(prefix="clb-", stop_signal=signal.SIGKILL) as lab:
+    n = args.instances
+    wide = {"network:net1": {"cidr": "10.10.0.0/20", "allocation_end": "10.10.15.250"}}
+    with Lab.create(
+        prefix="clb-", stop_signal=signal.SIGKILL, shared=wide if n > 200 else None
+    ) as lab:
         lab.start_controller()
-        lab.add_host("node1", compute={"compute": {"vcpus": 64, "memory_mb": 65536}})
+        room = {"vcpus": max(64, 2 * n), "memory_mb": max(65536, 1024 * n)}
+        node = lab.add_host("node1", compute={"compute": room})
         env = lab.agentctl_env()
         names = {"warm"}
         timed([AGENTCTL, "send", "build", "--name", "warm", "--wait"], env)  # warm caches
+        for start in range(0, n, 100):
+            count = str(min(100, n - start))
+            batch = ["--name", f"n{start // 100}", "--count", count, "--host", node.host]
+            timed([AGENTCTL, "send", "build", *batch, "--wait"], env)
+        if n:
+            print(f"built {n} more instances")
 
         baseline = series(args.runs, lambda _: timed([sys.executable, "-c", "pass"], env))
         listed = series(args.runs, lambda _: timed([AGENTCTL, "list"], env))

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 import structlog
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -293,11 +294,15 @@ def make_app(ctx: Context) -> FastAPI:
             ctx.bus.publish(accepted.casts)
         return accepted.response
 
-    @app.get("/v1/instances", dependencies=[v1])
+    # The rows go out as built, encoded by orjson: FastAPI's validating and re-encoding
+    # of the response, and the json module, were most of the request at a thousand
+    # instances. `response_model` keeps the documented schema the same.
+    @app.get("/v1/instances", dependencies=[v1], response_model=list[dict[str, Any]])
     def list_instances(
         host: HostName | None = None, state: str | None = None, name: Name | None = None
-    ) -> list[dict[str, Any]]:
-        return ctx.store.list_instances(host, state, name)
+    ) -> Response:
+        rows = ctx.store.list_instances(host, state, name)
+        return Response(orjson.dumps(rows), media_type="application/json")
 
     @app.get("/v1/instances/{ref}", dependencies=[v1])
     def show(ref: str) -> dict[str, Any]:

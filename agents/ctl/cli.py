@@ -370,8 +370,6 @@ def main(
 
 
 def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> CtlSettings:
-    import dataclasses
-
     from agents.ctl.settings import config_files, load_settings
 
     settings = load_settings(config_files(args.config_file, env), env)
@@ -380,7 +378,7 @@ def _settings(args: argparse.Namespace, env: Mapping[str, str]) -> CtlSettings:
 
         if not os.path.isfile(args.ca_file):
             raise InvalidInput(field="--ca-file", value=args.ca_file, problem="no such file")
-        settings = dataclasses.replace(settings, ca_file=args.ca_file)
+        settings = settings._replace(ca_file=args.ca_file)
     return settings
 
 

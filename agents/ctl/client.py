@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -48,15 +47,23 @@ def _ignore(_update: Update) -> None:
     return None
 
 
-@dataclass
 class Outcome:
     """How an operation ended for each instance it covered (see `Client.wait`)."""
 
-    operation: str
-    request_id: str
-    tracker: Tracker
-    timed_out: bool = False
-    elapsed_s: float = 0.0
+    # A plain class, as in agents/ctl/progress.py: no dataclasses import on every run.
+    def __init__(
+        self,
+        operation: str,
+        request_id: str,
+        tracker: Tracker,
+        timed_out: bool = False,
+        elapsed_s: float = 0.0,
+    ) -> None:
+        self.operation = operation
+        self.request_id = request_id
+        self.tracker = tracker
+        self.timed_out = timed_out
+        self.elapsed_s = elapsed_s
 
     @property
     def ok(self) -> bool:

@@ -199,6 +199,7 @@ def _ips(inst: Json) -> str:
 
 
 def instance_rows(instances: Sequence[Json], now: datetime | None = None) -> list[list[object]]:
+    now = now or datetime.now(UTC)  # once, not per row
     return [
         [
             i["name"],

@@ -4,7 +4,8 @@ Owns choosing the config files (--config-file, else $AGENTS_CONFIG, else the /et
 defaults that exist), reading their `[agentctl]` section and applying `$AGENTS_URL`.
 Every other section of those files (shared.conf is read by the daemons too) is ignored.
 
-Stdlib only (configparser, a frozen dataclass): this runs on every invocation, and
+Stdlib only (configparser, a NamedTuple rather than a dataclass, whose import pulls in
+`inspect`): this runs on every invocation, and
 pydantic plus `common.config` cost more than the rest of a command. Nothing here does
 network I/O; an error names the file, section, key and value.
 """
@@ -15,7 +16,7 @@ import configparser
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 # plain strings, not pathlib: importing pathlib costs more than reading the files
@@ -36,8 +37,7 @@ _KNOWN = ("url", *_PATHS, *_SECONDS)
 TOKEN_ENV = "AGENTS_TOKEN"
 
 
-@dataclass(frozen=True)
-class CtlSettings:
+class CtlSettings(NamedTuple):
     # Base URL of agents-controller's REST API (http or https, optionally with a path
     # prefix when a proxy serves it under one); no trailing slash. Several controllers
     # of one deployment: their URLs comma-separated, tried in order when one does not

@@ -9,11 +9,12 @@ unknown fields are ignored). Knows nothing of sockets or of what the data means.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class SseEvent:
+# NamedTuple, not a dataclass: agentctl does not pay for importing dataclasses (and
+# inspect) on every run.
+class SseEvent(NamedTuple):
     id: str | None
     event: str
     data: str

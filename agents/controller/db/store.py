@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from agents.controller import errors, ipam, scheduler
@@ -827,20 +827,19 @@ class Store:
     def list_instances(
         self, host: str | None = None, state: str | None = None, name: str | None = None
     ) -> list[dict[str, Any]]:
+        where: list[ColumnElement[bool]] = []
+        if state == "deleted":
+            where.append(Instance.deleted_at.is_not(None))
+        else:
+            where.append(Instance.deleted_at.is_(None))
+            if state is not None:
+                where.append(Instance.state == state)
+        if host is not None:
+            where.append(Instance.host == host)
+        if name is not None:
+            where.append(Instance.name == name)
         with self.db.reading() as s:
-            q = select(*views.INSTANCE_COLUMNS)
-            if state == "deleted":
-                q = q.where(Instance.deleted_at.is_not(None))
-            else:
-                q = q.where(Instance.deleted_at.is_(None))
-                if state is not None:
-                    q = q.where(Instance.state == state)
-            if host is not None:
-                q = q.where(Instance.host == host)
-            if name is not None:
-                q = q.where(Instance.name == name)
-            instances = list(s.execute(q.order_by(Instance.host, Instance.name, Instance.uuid)))
-            return views.instances(s, instances)
+            return views.instance_list(s, where)
 
     def show(self, ref: str) -> dict[str, Any]:
         with self.db.reading() as s:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, select
+from sqlalchemy import ColumnElement, Row, select
 from sqlalchemy.orm import Session
 
 from agents.controller.db.models import Agent, Event, Instance, Network, Operation, Port
@@ -23,9 +23,8 @@ if TYPE_CHECKING:
     from agents.controller.scheduler import HostLoad
 
 
-# The tables' columns, for reads that want rows rather than ORM objects (much cheaper
-# per row); a row has the same attribute names.
-INSTANCE_COLUMNS = tuple(Instance.__table__.c)
+# The ports table's columns, for reads that want rows rather than ORM objects (much
+# cheaper per row); a row has the same attribute names.
 PORT_COLUMNS = tuple(Port.__table__.c)
 
 
@@ -115,8 +114,8 @@ def instance(s: Session, inst: Instance) -> dict[str, Any]:
 def instances(s: Session, rows: Sequence[Instance | Row[Any]]) -> list[dict[str, Any]]:
     """Several instances with their ports, in two queries whatever their number.
 
-    `rows` may be ORM objects or plain rows of the instances table (`INSTANCE_COLUMNS`);
-    ports are read as plain rows: a list of a thousand instances builds no ORM object.
+    `rows` may be ORM objects or plain rows of the instances table; ports are read as
+    plain rows. The listing of GET /v1/instances has its faster `instance_list`.
     """
     if not rows:
         return []
@@ -130,6 +129,96 @@ def instances(s: Session, rows: Sequence[Instance | Row[Any]]) -> list[dict[str,
         ):
             by_instance.setdefault(p.instance_uuid, []).append(port(p, networks))
     return [_instance(i, by_instance.get(i.uuid, [])) for i in rows]
+
+
+# What a listing reads, in this order: only the columns the API shows, taken as tuples
+# (a row's attribute access costs more than the query at a thousand rows).
+_LIST_INSTANCE_COLUMNS = (
+    Instance.uuid,
+    Instance.name,
+    Instance.host,
+    Instance.flavor,
+    Instance.vcpus,
+    Instance.memory_mb,
+    Instance.image,
+    Instance.state,
+    Instance.task,
+    Instance.fault,
+    Instance.request_id,
+    Instance.created_at,
+    Instance.updated_at,
+    Instance.deleted_at,
+)
+_LIST_ORDER = (Instance.host, Instance.name, Instance.uuid)
+_LIST_PORT_COLUMNS = (
+    Port.instance_uuid,
+    Port.id,
+    Port.network_id,
+    Port.mac,
+    Port.fixed_ip,
+    Port.mtu,
+    Port.state,
+    Port.device,
+    Port.bridge,
+    Port.reason,
+)
+
+
+def instance_list(s: Session, where: Sequence[ColumnElement[bool]]) -> list[dict[str, Any]]:
+    """The instances matching `where`, sorted by host, name, uuid (docs/api.md), each as
+    `_instance` shapes it.
+
+    Two queries whatever their number (the ports' picks the instances again by the same
+    conditions, so no list of uuids is sent), and plain tuples: a listing of a thousand
+    instances on SQLite is about 5 ms of SQL and as much again building the dicts.
+    """
+    networks = _network_names(s)
+    by_instance: dict[str, list[dict[str, Any]]] = {}
+    wanted = select(Instance.uuid).where(*where)
+    for owner, pid, net, mac, ip, mtu, state, device, bridge, reason in s.execute(
+        select(*_LIST_PORT_COLUMNS)
+        .where(Port.instance_uuid.in_(wanted))
+        .order_by(Port.instance_uuid, Port.position)
+    ).tuples():
+        view = {
+            "id": pid,
+            "network_id": net,
+            "network": networks.get(net),
+            "mac": mac,
+            "fixed_ip": ip,
+            "mtu": mtu,
+            "state": state,
+            "device": device,
+            "bridge": bridge,
+        }
+        if reason:
+            view["reason"] = reason
+        by_instance.setdefault(owner, []).append(view)
+    out = []
+    for row in s.execute(
+        select(*_LIST_INSTANCE_COLUMNS).where(*where).order_by(*_LIST_ORDER)
+    ).tuples():
+        uuid, name, host, flavor, vcpus, memory_mb, image, state, task, fault, rid, c, u, d = row
+        out.append(
+            {
+                "uuid": uuid,
+                "name": name,
+                "host": host,
+                "flavor": flavor,
+                "vcpus": vcpus,
+                "memory_mb": memory_mb,
+                "image": image,
+                "state": state,
+                "task": task,
+                "fault": fault,
+                "request_id": rid,
+                "created_at": _iso(c),
+                "updated_at": _iso(u),
+                "deleted_at": _iso(d),
+                "ports": by_instance.get(uuid, []),
+            }
+        )
+    return out
 
 
 def operation(op: Operation) -> dict[str, Any]:

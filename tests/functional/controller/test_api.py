@@ -107,6 +107,33 @@ def test_create_then_read_back(api: tuple[TestClient, Store]) -> None:
     assert hosts[0]["vcpus_used"] == 2 and hosts[0]["state"] == "up"
 
 
+def test_a_listed_instance_is_its_shown_one(api: tuple[TestClient, Store]) -> None:
+    """The list builds its rows apart from `show` (plain tuples, for speed): same shape,
+    same values, ports in their order, and each filter narrows it."""
+    client, _ = api
+    host = client.host_name  # type: ignore[attr-defined]
+    body = {"name": "db", "count": 3, "host": host, "networks": ["provider", "net1"]}
+    assert client.post("/v1/instances", json=body).status_code == 202
+    client.post("/v1/instances", json={"name": "web", "host": host})
+    resp = client.get("/v1/instances")
+    assert resp.headers["content-type"] == "application/json"
+    listed = resp.json()
+    assert [i["name"] for i in listed] == ["db-1", "db-2", "db-3", "web"]
+    for inst in listed:
+        shown = client.get(f"/v1/instances/{inst['uuid']}").json()
+        shown.pop("operations")
+        assert inst == shown
+        assert inst["created_at"].endswith("Z")
+    assert [p["network"] for p in listed[0]["ports"]] == ["provider", "net1"]
+    assert [i["name"] for i in client.get("/v1/instances", params={"name": "web"}).json()] == [
+        "web"
+    ]
+    assert len(client.get("/v1/instances", params={"host": host}).json()) == 4
+    assert client.get("/v1/instances", params={"host": "elsewhere"}).json() == []
+    assert len(client.get("/v1/instances", params={"state": "building"}).json()) == 4
+    assert client.get("/v1/instances", params={"state": "deleted"}).json() == []
+
+
 @pytest.mark.parametrize(
     ("body", "field", "code"),
     [

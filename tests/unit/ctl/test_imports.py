@@ -32,6 +32,9 @@ BANNED = (
     "httpx",
     "requests",
     "sqlalchemy",
+    # dataclasses pulls in inspect (ast, dis, tokenize): about 8 ms of every command
+    "dataclasses",
+    "inspect",
 )
 
 PROBE = """
