@@ -9,8 +9,10 @@ and file of it), `status()`, `kill(i)` (kill -9 of node i), `start(i)`, `connect
 `transport_url` (all nodes, oslo's form), `node(i).url`; a context manager.
 `tls=(ca_file, cert_file, key_file)` adds an AMQPS listener per node on
 `base_port + 1000 + i - 1` with `ssl_options.verify = verify_none` (client certificates
-are not asked for). `python -m agents.lab.broker up|down|status|kill|start`
-(tools/rabbitmq-cluster.sh) drives it.
+are not asked for); with `plain=False` as well, the nodes have no plain AMQP listener
+(`listeners.tcp = none`, as install's `--broker-plain-off` writes).
+`python -m agents.lab.broker up|down|status|kill|start` (tools/rabbitmq-cluster.sh)
+drives it.
 
 Must not touch the machine's own broker, its cookie or epmd, nor signal a process that
 is not marked as this cluster's.
@@ -56,6 +58,7 @@ class BrokerNode:
     dist_port: int  # Erlang distribution, 127.0.0.1
     tls_port: int | None  # AMQPS, 127.0.0.1, when the cluster has TLS
     dir: Path
+    plain: bool = True  # False: no plain AMQP listener (`port` is reserved, unused)
 
     @property
     def url(self) -> str:
@@ -74,7 +77,8 @@ class BrokerNode:
         return None
 
     def accepting(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+        port = self.port if self.plain or self.tls_port is None else self.tls_port
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
             return True
         return False
 
@@ -116,6 +120,7 @@ class BrokerCluster:
         base_port: int = 5681,
         tls: tuple[str | Path, str | Path, str | Path] | None = None,
         state_dir: Path | None = None,
+        plain: bool = True,
     ) -> None:
         if not _NAME.match(name):
             raise LabError(f"cluster name {name!r}: lower-case letters, digits, '-' (<= 31)")
@@ -125,6 +130,7 @@ class BrokerCluster:
         if saved:
             nodes, base_port = int(saved["nodes"]), int(saved["base_port"])
             tls = saved["tls"] and tuple(saved["tls"])
+            plain = bool(saved.get("plain", True))
         if not 1 <= nodes <= 9:
             raise LabError(f"nodes {nodes}: a cluster has 1 to 9 nodes")
         if not 1024 <= base_port <= 32767 - 2000 - nodes:
@@ -139,6 +145,8 @@ class BrokerCluster:
                 if not f.is_file():
                     raise LabError(f"tls {label} {str(f)!r}: no such file")
             self.tls = (files[0], files[1], files[2])
+        if not plain and self.tls is None:
+            raise LabError("plain=False leaves no listener: it needs tls=(ca, cert, key)")
         self.nodes = [
             BrokerNode(
                 index=i,
@@ -147,6 +155,7 @@ class BrokerCluster:
                 dist_port=base_port + 2000 + i - 1,
                 tls_port=base_port + 1000 + i - 1 if self.tls else None,
                 dir=self.dir / f"node{i}",
+                plain=plain,
             )
             for i in range(1, nodes + 1)
         ]
@@ -202,6 +211,7 @@ class BrokerCluster:
                     "nodes": len(self.nodes),
                     "base_port": self.base_port,
                     "tls": [str(f) for f in self.tls] if self.tls else None,
+                    "plain": self.nodes[0].plain,
                 }
             )
         )
@@ -210,7 +220,10 @@ class BrokerCluster:
             node.dir.mkdir(parents=True, exist_ok=True)
             (node.dir / "enabled_plugins").write_text("[].\n")
             conf = [
-                f"listeners.tcp.default = 127.0.0.1:{node.port}",
+                # what install's --broker-plain-off writes: TLS clients only
+                f"listeners.tcp.default = 127.0.0.1:{node.port}"
+                if node.plain
+                else "listeners.tcp = none",
                 "disk_free_limit.absolute = 50MB",
                 "log.file.level = info",
                 "log.console = false",

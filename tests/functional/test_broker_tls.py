@@ -9,6 +9,7 @@ certificate names another host.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -46,8 +47,23 @@ def tls_broker(pki: Path) -> Iterator[BrokerCluster]:
         nodes=1,
         base_port=free_base_port(1),
         tls=(ca / "ca.pem", ca / "broker.pem", ca / "broker.key"),
+        plain=False,  # as install --broker-plain-off: TLS clients only
     ) as cluster:
         yield cluster
+
+
+def test_plain_tcp_can_be_turned_off(tls_broker: BrokerCluster, pki: Path) -> None:
+    """The node serves AMQPS only: a plain AMQP client finds nothing on the port the
+    node would use for it, while the TLS listener answers (and the tests below talk
+    through it)."""
+    node = tls_broker.node(1)
+    assert node.tls_port is not None
+    with socket.create_connection(("127.0.0.1", node.tls_port), 2):
+        pass
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", node.port), 2).close()
+    conf = (node.dir / "rabbitmq.conf").read_text()
+    assert "listeners.tcp = none" in conf and "listeners.tcp.default" not in conf
 
 
 def settings(cluster: BrokerCluster, ca_file: Path, **kw: Any) -> MessagingSettings:
