@@ -202,6 +202,21 @@ class Replugger:
             if self.taps.has_reader(tap) is not False:  # again, under the lock
                 return "attached"
             started = self.clock()
+
+            def failed(err: Exception) -> Literal["error"]:
+                self.reporter.instance(
+                    REPLUG_ERROR,
+                    uuid,
+                    event.request_id,
+                    error=True,
+                    state=domain.state,
+                    step="replug",
+                    name=record.name,
+                    reason=f"port {event.port_id} (tap {tap}): {err}",
+                    since=started,
+                )
+                return "error"
+
             try:
                 self._replug(uuid, event.port_id, iface)
             except ReplugFailed as err:
@@ -228,35 +243,13 @@ class Replugger:
                         since=started,
                     )
                     return "restarted"
-                self.reporter.instance(
-                    REPLUG_ERROR,
-                    uuid,
-                    event.request_id,
-                    error=True,
-                    state=domain.state,
-                    step="replug",
-                    name=record.name,
-                    reason=f"port {event.port_id} (tap {tap}): {err}",
-                    since=started,
-                )
-                return "error"
+                return failed(err)
             except Exception as err:
                 # libvirt refusing (a driver without hot-plug, a vanished domain) is a
                 # named failure, reported below; only a bug deserves a traceback
                 level = log.warning if isinstance(err, AgentsError) else log.exception
                 level("interface_replug_failed", device=tap, error=str(err))
-                self.reporter.instance(
-                    REPLUG_ERROR,
-                    uuid,
-                    event.request_id,
-                    error=True,
-                    state=domain.state,
-                    step="replug",
-                    name=record.name,
-                    reason=f"port {event.port_id} (tap {tap}): {err}",
-                    since=started,
-                )
-                return "error"
+                return failed(err)
         elapsed = self.clock() - started
         log.info("interface_replugged", device=tap, elapsed_ms=round(elapsed * 1000, 1))
         self.reporter.instance(
