@@ -264,8 +264,19 @@ class BuildPipeline:
         if not isinstance(admitted, BuildTask) and ticket is not None:
             ticket.done()
         if admitted == "duplicate":
+            # The controller casts again what it has not heard of for a while: say the
+            # build is under way, so it stops re-driving a build that is only slow
+            # (queued behind `max_concurrent_builds`, or its ports still being wired).
             log.info("build_duplicate_in_flight")
             self.metrics.builds.labels("duplicate").inc()
+            self.reporter.instance(
+                "instance.create.progress",
+                uuid,
+                rid,
+                state="building",
+                step="in_flight",
+                name=msg.instance.name,
+            )
             return
         if admitted == "deleted":
             log.info("build_refused_deleted")

@@ -508,10 +508,12 @@ class Store:
     ) -> tuple[list[Cast], list[str]]:
         """Re-drive what stalls: casts to send again, and the operations given up on.
 
-        An open operation with no news for `redrive_after` seconds is cast again with the
-        same ids (the agents are idempotent by uuid); one older than `operation_timeout`
-        or cast `max_attempts` times fails with a named reason. Rows are claimed with
-        SKIP LOCKED on PostgreSQL, so two controllers never drive the same operation.
+        An open operation with no news for `redrive_after` seconds (plus how far this
+        controller's event consumer is behind the agents) is cast again with the same
+        ids (the agents are idempotent by uuid; one still building says so); one older
+        than `operation_timeout` or cast `max_attempts` times fails with a named reason.
+        Rows are claimed with SKIP LOCKED on PostgreSQL, so two controllers never drive
+        the same operation.
 
         The claim is what this transaction commits: `updated_at` set to now (no replica
         picks the operation again for `redrive_after`) and `attempts` counted up
@@ -520,7 +522,10 @@ class Store:
         cast leaves the operation open: the next claim, `redrive_after` later, casts it.
         """
         now = utcnow()
-        quiet_since = now - timedelta(seconds=redrive_after)
+        # Quiet counted from where the event queue is, as for the agents' liveness: news
+        # of an operation still queued behind a backlog is not an agent's silence, and a
+        # re-drive then would only add casts, events and backlog.
+        quiet_since = now - timedelta(seconds=redrive_after) - self.event_lag
 
         def work(s: Session) -> tuple[list[Cast], list[str]]:
             ops = list(

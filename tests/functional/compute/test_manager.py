@@ -244,6 +244,11 @@ def test_same_build_twice_builds_one_guest(make: Factory, hv: Hypervisor) -> Non
     assert (
         notes.types(s.uuid).count("instance.create.start") == 2
     )  # the in-flight duplicate never began
+    # ... but said the build is under way, so the controller stops re-driving it
+    in_flight = [
+        p for t, p in notes.of(s.uuid) if t == "instance.create.progress" and p.step == "in_flight"
+    ]
+    assert [(p.state, p.request_id) for p in in_flight] == [("building", msg.request_id)]
     assert len(manager.list_instances({}).instances) == 1
 
 

@@ -296,6 +296,22 @@ def test_stalled_operations_are_recast_then_given_up(store: Store) -> None:
     assert shown["ports"] == []
 
 
+def test_quiet_is_counted_from_where_the_event_queue_is(store: Store) -> None:
+    """News still queued behind a backlog is not silence: with the events applied now
+    sent 40 s ago, an operation quiet for 60 s is not re-driven before 30 + 40 s."""
+    heartbeat(store, "node1")
+    acc = store.create(request(["web"], host="node1"))
+    op_id = store.operations(acc.response["request_id"])[0]["id"]
+    store.mark_sent({op_id: datetime.now(UTC)})
+    with store.db.writing() as s:
+        s.execute(update(Operation).values(updated_at=datetime.now(UTC) - timedelta(seconds=60)))
+    store.heard(datetime.now(UTC) - timedelta(seconds=40))
+    assert store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3) == ([], [])
+    store.heard(datetime.now(UTC))  # the backlog is gone: it is quiet indeed
+    casts, _ = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
+    assert [c.method for c in casts] == ["port_created", "build_instance"]
+
+
 def test_each_attempt_is_claimed_once_and_recorded_once(store: Store) -> None:
     heartbeat(store, "node1")
     acc = store.create(request(["web"], host="node1"))
