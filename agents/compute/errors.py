@@ -47,6 +47,12 @@ class InstanceNotFound(AgentsError):
     msg_fmt = "instance {instance} is not on this host"
 
 
+class InstanceBuilding(AgentsError):
+    msg_fmt = (
+        "instance {instance} is still being built (request {request_id}); {action} it once it runs"
+    )
+
+
 class VifPlugTimeout(AgentsError):
     msg_fmt = "timeout after {timeout}s waiting for vif-plugged of port(s) {ports}"
 

@@ -29,7 +29,7 @@ import structlog
 
 from agents.compute.builds import DELETED, BuildPipeline, InstanceTable
 from agents.compute.capacity import capacity
-from agents.compute.errors import InstanceNotFound
+from agents.compute.errors import InstanceBuilding, InstanceNotFound
 from agents.compute.images import ImageStore
 from agents.compute.reconcile import Reconciler
 from agents.compute.records import (
@@ -187,6 +187,21 @@ class ComputeManager(AgentEndpoint):
         uuid, rid = msg.instance_uuid, msg.request_id
         with structlog.contextvars.bound_contextvars(request_id=rid, instance_uuid=str(uuid)):
             kind = "hard" if msg.hard else "soft"
+            building = self.table.get(uuid)
+            if building is not None:
+                # Refused at once: waiting for the build's lock would hold this intake
+                # worker through the build's vif wait (the controller never asks this:
+                # it refuses a reboot while another operation is open).
+                err = InstanceBuilding(
+                    instance=str(uuid), request_id=building.message.request_id, action="reboot"
+                )
+                log.warning("reboot_refused", error=str(err))
+                self.metrics.reboots.labels("error").inc()
+                self.reporter.instance(
+                    "instance.reboot.error", uuid, rid, error=True, state="building",
+                    reason=str(err),
+                )  # fmt: skip
+                return
             self.reporter.instance("instance.reboot.start", uuid, rid, step=kind)
             try:
                 with self.table.locked(uuid):

@@ -388,6 +388,26 @@ def test_reboot(make: Factory, hard: bool) -> None:
     assert manager.get_instance({}, payload=InstanceRef(instance_uuid=s.uuid)).state == "running"
 
 
+def test_reboot_of_a_build_waiting_for_its_vifs_is_refused_at_once(make: Factory) -> None:
+    """Never waits behind the build's lock (held through its vif wait) on an intake
+    worker: refused with the build named, the build goes on undisturbed."""
+    manager, notes = make(vif_plugging_timeout=30)
+    s = spec()
+    build = build_msg(s)
+    manager.build_instance({}, payload=build)
+    notes.wait(s.uuid, {"instance.create.start"})  # its vif wait has begun
+    asked = time.monotonic()
+    manager.reboot_instance(
+        {}, payload=RebootInstance(request_id=new_request_id(), host=HOST, instance_uuid=s.uuid)
+    )
+    err = notes.wait(s.uuid, {"instance.reboot.error"})
+    assert time.monotonic() - asked < 3  # not after the build's 30 s vif wait
+    assert err.state == "building"
+    assert f"still being built (request {build.request_id})" in (err.reason or "")
+    plug(manager, s)
+    assert notes.wait(s.uuid, END).state == "running"
+
+
 def test_reboot_unknown_is_an_error_event(make: Factory) -> None:
     manager, notes = make()
     unknown = uuid.uuid4()
