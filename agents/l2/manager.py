@@ -440,7 +440,10 @@ class L2Manager:
                 names.tap_name(r.port_id) for r in self._records.values() if r.wanted == "absent"
             }
         if self._store.trustworthy():
-            removed, kept = self._wiring.remove_leftovers(gone_taps, wanted_taps, wanted_nets)
+            own_nets = {net.uuid for net in self.config.networks.values()}
+            removed, kept = self._wiring.remove_leftovers(
+                gone_taps, wanted_taps, wanted_nets, own_nets
+            )
         else:
             # A record set aside as corrupt, or none where one was expected: nothing is
             # proven gone, so nothing is deleted until an operator looks.

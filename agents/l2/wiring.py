@@ -310,24 +310,28 @@ class Wiring:
             log.info("bridge_removed", bridge=names.bridge_name(network_id))
 
     def remove_leftovers(
-        self, gone_taps: set[str], wanted_taps: set[str], wanted_nets: set[UUID]
+        self,
+        gone_taps: set[str],
+        wanted_taps: set[str],
+        wanted_nets: set[UUID],
+        own_nets: set[UUID],
     ) -> tuple[list[str], list[str]]:
         """Delete what is proven unwanted; report, and keep, what is merely unknown.
 
         A tap goes only when its port is known to be gone (`gone_taps`: a tombstone of
         ours, or a port the controller says it released). A tap with our naming that
         no record explains may be another system's (neutron names its taps the same
-        way) or ours under a lost record: it stays. A bridge or uplink goes only when
-        no wanted port uses its network and no tap is left in the bridge, so removing
-        it can cut nobody off. Anything not named like ours is never touched.
+        way) or ours under a lost record: it stays. A bridge or uplink goes only when it
+        is one of `own_nets` (the networks this host is configured for: the name is
+        derived from the network's uuid or VNI), no wanted port uses its network and
+        no tap is left in the bridge, so removing it can cut nobody off; one of another
+        network stays. Anything not named like ours is never touched.
         Returns (removed, kept_unknown).
         """
         wanted_bridges = {names.bridge_name(n) for n in wanted_nets}
-        wanted_vxlans: set[str] = set()
-        for net_id in wanted_nets:
-            net = self._networks(net_id)
-            if net is not None and net.type == "vxlan" and net.segmentation_id is not None:
-                wanted_vxlans.add(names.vxlan_name(net.segmentation_id))
+        wanted_vxlans = self._vxlan_names(wanted_nets)
+        own_bridges = {names.bridge_name(n) for n in own_nets}
+        own_vxlans = self._vxlan_names(own_nets)
         removed: list[str] = []
         kept: list[str] = []
         for link in self._links.links():
@@ -347,6 +351,10 @@ class Wiring:
         }
         for link in links:
             if names.owns_bridge(link.name) and link.name not in wanted_bridges:
+                if link.name not in own_bridges:
+                    kept.append(link.name)
+                    log.warning("unknown_device_kept", device=link.name)
+                    continue
                 if link.name in occupied:
                     kept.append(link.name)
                     log.warning("bridge_in_use_kept", device=link.name)
@@ -354,20 +362,30 @@ class Wiring:
                 uplinks = [
                     x.name
                     for x in links
-                    if x.master == link.index and names.owns_vxlan(x.name)
+                    if x.master == link.index and x.name in own_vxlans
                     and x.name not in wanted_vxlans
                 ]  # fmt: skip
                 for name in uplinks:
                     self._remove(name, removed)
                 self._remove(link.name, removed)
         for link in self._links.links():  # vxlan uplinks left outside any bridge
-            if (
-                names.owns_vxlan(link.name)
-                and link.name not in wanted_vxlans
-                and link.master is None
-            ):
+            if not names.owns_vxlan(link.name) or link.name in wanted_vxlans:
+                continue
+            if link.name not in own_vxlans:
+                if link.name not in kept:
+                    kept.append(link.name)
+                    log.warning("unknown_device_kept", device=link.name)
+            elif link.master is None:
                 self._remove(link.name, removed)
         return removed, kept
+
+    def _vxlan_names(self, nets: set[UUID]) -> set[str]:
+        out: set[str] = set()
+        for net_id in nets:
+            net = self._networks(net_id)
+            if net is not None and net.type == "vxlan" and net.segmentation_id is not None:
+                out.add(names.vxlan_name(net.segmentation_id))
+        return out
 
     def remove_tap(self, name: str) -> bool:
         """Delete one tap (proven unwanted by the caller); False when it was not there."""

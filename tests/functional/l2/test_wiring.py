@@ -238,10 +238,15 @@ def test_reconcile_against_the_kernel(netns: str, hosts: list[Host], tmp_path: P
     # and devices that only look similar are there too.
     run(["ip", "-n", netns, "link", "del", tap(kept)])
     run(["ip", "-n", netns, "tuntap", "add", "dev", tap(gone), "mode", "tap"])  # proven gone
+    # brq(VLAN): an empty bridge of a network this host is configured for, unused: ours
+    # and unwanted. stray_br, vxlan-4242: our naming, but of no network of this host
+    # (another system's, neutron's say): kept.
     stray_tap, stray_br = f"tap{str(uuid.uuid4())[:11]}", f"brq{str(uuid.uuid4())[:11]}"
     for name, args in (
         (stray_tap, ["tuntap", "mode", "tap"]),
         (stray_br, ["bridge"]),
+        (brq(VLAN), ["bridge"]),
+        ("vxlan-4242", ["vxlan", "id", "4242", "dstport", "4789"]),
         ("tapforeign", ["tuntap", "mode", "tap"]),
         ("brq-mine", ["bridge"]),
     ):
@@ -255,12 +260,14 @@ def test_reconcile_against_the_kernel(netns: str, hosts: list[Host], tmp_path: P
     fresh = host(hosts, netns, tmp_path)
     report = fresh.manager.reconcile()
     assert (report.replugged, report.failed) == (1, 0)
-    # the tombstoned port's tap and the empty bridge go; an unknown tap is kept, reported
-    assert set(report.removed_devices) == {tap(gone), stray_br}
-    assert report.kept_unknown == (stray_tap,)
+    # the tombstoned port's tap and our unused bridge go; unknown devices are kept and
+    # reported
+    assert set(report.removed_devices) == {tap(gone), brq(VLAN)}
+    assert sorted(report.kept_unknown) == sorted([stray_tap, stray_br, "vxlan-4242"])
     links = ns_links(netns)
     assert links[tap(kept)]["master"] == brq(VXLAN) and is_up(links[tap(kept)])
-    assert {"tapforeign", "brq-mine", stray_tap} <= set(links)
+    assert {"tapforeign", "brq-mine", stray_tap, stray_br, "vxlan-4242"} <= set(links)
+    assert brq(VLAN) not in links
     assert fresh.events.types() == ["port.vif_plugged"]
 
 
