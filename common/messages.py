@@ -40,6 +40,7 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 MTU_MIN = 68  # RFC 791: the smallest MTU an IPv4 host must accept
 MTU_MAX = 9000  # jumbo frames; larger values are refused by most NICs and bridges anyway
+MAX_IMAGES = 1000  # images a compute-agent reports in its heartbeat
 
 
 def _check_name(value: str) -> str:
@@ -260,10 +261,11 @@ AgentKind = Literal["compute", "l2"]
 
 
 class AgentHeartbeat(Message):
-    """1.1: a compute-agent reports the capacity the controller's scheduler places into."""
+    """1.1: a compute-agent reports the capacity the controller's scheduler places into.
+    1.2: and the images it can boot (None: not said, an older agent)."""
 
     SCHEMA = "agent_heartbeat"
-    VERSION = "1.1"
+    VERSION = "1.2"
     host: HostName
     kind: AgentKind
     version: str
@@ -272,6 +274,7 @@ class AgentHeartbeat(Message):
     counts: dict[str, int] = {}
     vcpus: Annotated[int, Field(ge=0, le=65536)] | None = None
     memory_mb: Annotated[int, Field(ge=0, le=1 << 32)] | None = None
+    images: Annotated[list[Name], Field(max_length=MAX_IMAGES)] | None = None
     at: datetime = Field(default_factory=utcnow)
 
 

@@ -49,6 +49,7 @@ from common.agent import AgentEndpoint, CastSpec, Intake, Ticket
 from common.errors import AgentsError, InvalidMessage
 from common.journal import Journal
 from common.messages import (
+    MAX_IMAGES,
     AgentHeartbeat,
     BuildInstance,
     ConsoleLog,
@@ -312,6 +313,7 @@ class ComputeManager(AgentEndpoint):
                 counts=self.table.snapshot(),
                 vcpus=vcpus,
                 memory_mb=memory_mb,
+                images=self.images.names()[:MAX_IMAGES],
             ),
         )
 

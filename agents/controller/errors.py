@@ -50,6 +50,11 @@ class UnknownFlavor(ApiError):
     msg_fmt = "flavor {value!r} is not known"
 
 
+class UnknownImage(ApiError):
+    code, status = "image.unknown", 422
+    msg_fmt = "image {value!r}: {problem}"
+
+
 class UnknownNetwork(ApiError):
     code, status = "network.unknown", 422
     msg_fmt = "network {value!r} is not known"

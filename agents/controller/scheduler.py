@@ -31,6 +31,11 @@ class HostLoad:
     memory_mb: int
     vcpus_used: int = 0
     memory_mb_used: int = 0
+    # the images its compute-agent can boot; None: it did not say (taken at its word)
+    images: frozenset[str] | None = None
+
+    def has_image(self, image: str) -> bool:
+        return self.images is None or image in self.images
 
     def room_for(self, flavor: Flavor) -> str | None:
         """None when `flavor` fits; otherwise why not, in words."""

@@ -66,7 +66,7 @@ API_EXIT_CODES: dict[str, int] = {
     "request.invalid": EXIT_USAGE,
     "flavor.unknown": EXIT_USAGE,
     "network.unknown": EXIT_USAGE,
-    "image.invalid": EXIT_USAGE,
+    "image.unknown": EXIT_USAGE,
     "instance.not_found": EXIT_USAGE,
     "instance.ambiguous": EXIT_USAGE,
     "idempotency.conflict": EXIT_USAGE,

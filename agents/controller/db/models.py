@@ -135,6 +135,8 @@ class Agent(Base):
     vcpus: Mapped[int | None] = mapped_column(Integer)
     memory_mb: Mapped[int | None] = mapped_column(Integer)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # the images a compute-agent can boot; None: it did not say (an older agent)
+    images: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Event(Base):

@@ -141,6 +141,7 @@ class Records:
         if hb.kind == "compute":
             row.vcpus = hb.vcpus
             row.memory_mb = hb.memory_mb
+            row.images = list(hb.images) if hb.images is not None else None
         s.add(row)
 
     # ------------------------------------------------------------------ ports

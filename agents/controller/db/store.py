@@ -255,13 +255,29 @@ class Store:
                     problem=f"its compute-agent is down (no heartbeat for more than"
                     f" {self.agent_down_time.total_seconds():.0f}s)",
                 )
+            if not load.has_image(req.image):
+                raise errors.UnknownImage(
+                    field="image",
+                    value=req.image,
+                    problem=f"host {req.host!r} has no such image",
+                    valid=sorted(load.images or ()),
+                )
             try:
                 scheduler.check_host(load, req.flavor, count)
             except scheduler.HostUnfit as err:
                 raise errors.HostNoCapacity(field="host", value=req.host, problem=str(err)) from err
             return [req.host] * count
+        live = [h for h in loads.values() if h.alive]
+        having = [h for h in loads.values() if h.has_image(req.image)]
+        if live and not any(h.alive for h in having):
+            raise errors.UnknownImage(
+                field="image",
+                value=req.image,
+                problem="no live compute host has it",
+                valid=sorted({i for h in live for i in h.images or ()}),
+            )
         try:
-            return scheduler.place(list(loads.values()), req.flavor, count)
+            return scheduler.place(having, req.flavor, count)
         except scheduler.NoHostFits as err:
             raise errors.NoHost(field="host", value=None, problem=str(err)) from err
 
@@ -269,7 +285,7 @@ class Store:
         self, s: Session, now: datetime, host: str | None = None
     ) -> dict[str, scheduler.HostLoad]:
         # plain rows, not ORM objects: every create reads every compute host
-        q = select(Agent.host, Agent.last_seen, Agent.vcpus, Agent.memory_mb).where(
+        q = select(Agent.host, Agent.last_seen, Agent.vcpus, Agent.memory_mb, Agent.images).where(
             Agent.kind == "compute"
         )
         if host is not None:
@@ -300,6 +316,7 @@ class Store:
                 memory_mb=a.memory_mb or 0,
                 vcpus_used=int(vcpus_used),
                 memory_mb_used=int(mem_used),
+                images=frozenset(a.images) if a.images is not None else None,
             )
         return out
 

@@ -274,4 +274,5 @@ def agent(a: Agent, alive: bool, load: HostLoad | None) -> dict[str, Any]:
         out["memory_mb"] = a.memory_mb
         out["vcpus_used"] = load.vcpus_used if load else 0
         out["memory_mb_used"] = load.memory_mb_used if load else 0
+        out["images"] = a.images
     return out

@@ -61,7 +61,13 @@ def store(database_url: str) -> Iterator[Store]:
     db.close()
 
 
-def heartbeat(store: Store, host: str, vcpus: int = 64, memory_mb: int = 65536) -> None:
+def heartbeat(
+    store: Store,
+    host: str,
+    vcpus: int = 64,
+    memory_mb: int = 65536,
+    images: list[str] | None = None,
+) -> None:
     hb = AgentHeartbeat(
         host=host,
         kind="compute",
@@ -70,6 +76,7 @@ def heartbeat(store: Store, host: str, vcpus: int = 64, memory_mb: int = 65536) 
         uptime_s=1,
         vcpus=vcpus,
         memory_mb=memory_mb,
+        images=images,
     )
     Records(store).apply("agent.heartbeat", hb)
 
@@ -79,7 +86,7 @@ def request(names: list[str], host: str | None = None, **kw: object) -> CreateRe
         request_id=f"req-{uuid.uuid4()}",
         names=names,
         flavor=TINY,
-        image="tiny",
+        image=str(kw.pop("image", "tiny")),
         networks=[NET],
         host=host,
         **kw,  # type: ignore[arg-type]
@@ -296,6 +303,32 @@ def test_stalled_operations_are_recast_then_given_up(store: Store) -> None:
     assert shown["ports"] == []
 
 
+def test_an_image_no_live_host_has_is_refused_and_placement_follows_images(
+    store: Store,
+) -> None:
+    heartbeat(store, "node1", images=["tiny"])
+    heartbeat(store, "node2", images=["tiny", "cirros"])
+    with pytest.raises(errors.UnknownImage) as err:
+        store.create(request(["a"], image="nope"))
+    assert (err.value.field, err.value.value, err.value.valid) == (
+        "image",
+        "nope",
+        ["cirros", "tiny"],
+    )
+    assert "no live compute host has it" in str(err.value)
+    with pytest.raises(errors.UnknownImage) as err:
+        store.create(request(["a"], host="node1", image="cirros"))
+    assert "host 'node1' has no such image" in str(err.value) and err.value.valid == ["tiny"]
+    assert store.list_instances() == []  # nothing half-created
+    # placed only where the image is, however loaded that host is
+    acc = store.create(request(["b1", "b2", "b3"], image="cirros"))
+    assert {i["host"] for i in acc.response["instances"]} == {"node2"}
+    # an agent that does not report its images (an older one) is taken at its word
+    heartbeat(store, "node3", images=None)
+    acc = store.create(request(["c"], host="node3", image="anything"))
+    assert acc.response["instances"][0]["host"] == "node3"
+
+
 def test_quiet_is_counted_from_where_the_event_queue_is(store: Store) -> None:
     """News still queued behind a backlog is not silence: with the events applied now
     sent 40 s ago, an operation quiet for 60 s is not re-driven before 30 + 40 s."""
@@ -416,42 +449,44 @@ def test_a_mac_clash_is_retried_with_a_fresh_choice(store: Store) -> None:
     assert len({p["mac"] for p in store.ports()}) == 2
 
 
-def test_migration_0002_upgrades_a_database_that_holds_data(database_url: str) -> None:
-    """0001 with instances, ports, operations and events in it -> head: all kept."""
+def test_migrations_down_and_up_keep_a_database_that_holds_data(database_url: str) -> None:
+    """Instances, ports, operations, events and hosts in it: down to 0001 and up to head
+    again (each migration since, both ways, over data), all kept, the schema the models'."""
     db = Database(database_url)
     try:
-        db.upgrade("0001")
-        assert db.current_revision() == "0001"
-        old = Store(db, agent_down_time=60)
-        old.sync_networks([NET])
-        heartbeat(old, "node1")
-        # what a 0001 controller wrote (a create never touches released_ports)
-        acc = old.create(request(["web", "db"], host="node1"))
+        db.upgrade()
+        first = Store(db, agent_down_time=60)
+        first.sync_networks([NET])
+        heartbeat(first, "node1", images=["tiny"])
+        acc = first.create(request(["web", "db"], host="node1"))
         rid = acc.response["request_id"]
         uuids = [i["uuid"] for i in acc.response["instances"]]
+        tables = ("instances", "ports", "operations", "events", "agents", "networks")
         with db.reading() as s:
-            before = {
-                t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar()
-                for t in ("instances", "ports", "operations", "events", "agents", "networks")
-            }
+            before = {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
+        with db.engine.begin() as conn:
+            command.downgrade(db._alembic(conn), "0001")
+        assert db.current_revision() == "0001"
+        with db.reading() as s:
+            assert {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables} == (
+                before
+            )
         db.upgrade()
-        assert db.current_revision() == "0002" == Database.head_revision()
+        assert db.current_revision() == Database.head_revision() == "0003"
         with db.reading() as s:
-            after = {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in before}
+            after = {t: s.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in tables}
         assert after == before
         with db.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-        # and the new table is written from now on
+        # and what the later migrations added is written from now on
         store = Store(db, agent_down_time=60)
+        assert [h.get("images") for h in store.hosts()] == [None]  # not said yet
+        heartbeat(store, "node1", images=["tiny"])
+        assert [h["images"] for h in store.hosts()] == [["tiny"]]
         Records(store).apply("instance.create.error", _inst(uuids[0], rid, reason="boom"))
         assert [str(p) for p in store.desired_state("node1", "l2", 14).released_ports] == [
             p["id"] for p in acc.response["instances"][0]["ports"]
         ]
-        with db.engine.begin() as conn:  # and back down
-            command.downgrade(db._alembic(conn), "0001")
-        assert db.current_revision() == "0001"
-        with db.reading() as s:
-            assert s.execute(text("SELECT count(*) FROM instances")).scalar() == 2
     finally:
         db.close()
 

@@ -9,6 +9,7 @@ Exit codes: 2 bad input (the controller's 422 with the valid choices), 5 no host
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 
@@ -114,12 +115,30 @@ def test_compute_agent_down_is_refused_before_anything_is_made(lab: Lab) -> None
 
 def test_bad_image_and_unwirable_port_fail_with_the_agents_reason(lab: Lab) -> None:
     node = lab.add_host("node1")
-    res = lab.agentctl("--json", "send", "build", "--image", "nope", "--name", "bad", "--wait")
+    # an image no host has is refused before anything is created
+    res = lab.agentctl("send", "build", "--image", "nope", "--name", "bad")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "image 'nope': no live compute host has it" in res.stderr
+    assert "tiny" in res.stderr  # what they have
+    assert json.loads(lab.agentctl("--json", "list").stdout) == []
+
+    # one the host reported and lost since: the agent's own reason fails the build
+    image_dir = node.dir / "images"
+    gone = image_dir / "gone.qcow2"
+    shutil.copy(image_dir / "tiny.qcow2", gone)
+
+    def reported() -> bool:
+        hosts = json.loads(lab.agentctl("--json", "agents").stdout)
+        return any("gone" in (h.get("images") or []) for h in hosts)
+
+    wait_for(reported, 30, 0.3, "the image reported in a heartbeat")
+    gone.unlink()
+    res = lab.agentctl("--json", "send", "build", "--image", "gone", "--name", "bad", "--wait")
     assert res.returncode == 1, res.stdout + res.stderr
     summary = json_lines(res.stdout)[-1]
     assert summary["ok"] is False
     (inst,) = summary["instances"]
-    assert inst["state"] == "error" and "image 'nope' not found" in inst["reason"]
+    assert inst["state"] == "error" and "image 'gone' not found" in inst["reason"]
     tap = f"tap{inst['ports'][0]['id'][:11]}"
     # the failed instance's port is unwired: nothing stays in the kernel or the record
     wait_for(lambda: tap not in node.links(), 10, 0.2, f"{tap} removed")

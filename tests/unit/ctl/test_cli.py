@@ -126,7 +126,7 @@ def test_exit_codes_of_local_errors(error: CtlError, code: int) -> None:
         ("request.invalid", 422, 2),
         ("flavor.unknown", 422, 2),
         ("network.unknown", 422, 2),
-        ("image.invalid", 422, 2),
+        ("image.unknown", 422, 2),
         ("instance.not_found", 404, 2),
         ("instance.ambiguous", 409, 2),
         ("idempotency.conflict", 409, 2),
