@@ -122,6 +122,11 @@ def make_app(ctx: Context) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         first = err.errors()[0]
+        if first.get("type") == "json_invalid":  # loc is ("body", offset): no field yet
+            offset = next((p for p in first.get("loc", ()) if isinstance(p, int)), 0)
+            reason = (first.get("ctx") or {}).get("error", "not JSON")
+            body = errors.BodyNotJson(field="body", offset=offset, reason=reason).body()
+            return JSONResponse(_jsonable(body), status_code=422)
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         field = ".".join(loc) or "body"
         value = first.get("input")

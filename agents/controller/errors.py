@@ -45,6 +45,11 @@ class RequestInvalid(ApiError):
     msg_fmt = "{field} = {value!r}: {problem}"
 
 
+class BodyNotJson(ApiError):
+    code, status = "request.invalid", 422
+    msg_fmt = "the request body is not valid JSON (at character {offset}: {reason})"
+
+
 class UnknownFlavor(ApiError):
     code, status = "flavor.unknown", 422
     msg_fmt = "flavor {value!r} is not known"

@@ -169,6 +169,8 @@ def test_not_json_and_wrong_types(api: tuple[TestClient, Store]) -> None:
         "/v1/instances", content=b"{nope", headers={"Content-Type": "application/json"}
     )
     assert resp.status_code == 422 and error(resp)["code"] == "request.invalid"
+    assert (error(resp)["field"], error(resp)["value"]) == ("body", None)
+    assert error(resp)["message"].startswith("the request body is not valid JSON (at character 1:")
     resp = client.post("/v1/instances", json={"count": "many"})
     assert error(resp)["field"] == "count" and error(resp)["value"] == "many"
 

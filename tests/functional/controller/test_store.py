@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -19,6 +21,7 @@ from agents.controller.db.engine import Database
 from agents.controller.db.models import Base, Instance, Operation, Port, ReleasedPort
 from agents.controller.db.records import Records
 from agents.controller.db.store import CreateRequest, Store
+from agents.lab.procs import console_script
 from common.config import Flavor, NetworkSpec
 from common.messages import (
     AgentHeartbeat,
@@ -515,3 +518,26 @@ def test_released_ports_are_recorded_and_pruned_with_the_events(store: Store) ->
     store.prune_events(14)
     with store.db.reading() as s:
         assert list(s.scalars(select(ReleasedPort))) == []
+
+
+def test_db_commands_of_the_console_script(database_url: str, tmp_path: Path) -> None:
+    """`agents-controller db current | upgrade`, as an operator runs them before a start."""
+    conf = tmp_path / "controller.conf"
+    conf.write_text(f"[controller]\ndatabase_url = {database_url}\n")
+
+    def run(action: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [console_script("agents-controller"), "--config-file", str(conf), "db", action],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    head = Database.head_revision()
+    res = run("current")
+    assert res.returncode == 0 and f"revision None (head {head})" in res.stdout, res
+    res = run("upgrade")
+    assert res.returncode == 0 and f"revision {head} (head {head})" in res.stdout, res
+    res = run("upgrade")  # again: nothing to do
+    assert res.returncode == 0 and f"revision {head} (head {head})" in res.stdout, res
+    conf.write_text("[controller]\ndatabase_url = postgresql://nobody@127.0.0.1:1/none\n")
+    res = run("upgrade")
+    assert res.returncode == 1 and "127.0.0.1:1" in res.stderr and "Traceback" not in res.stderr
