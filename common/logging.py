@@ -80,9 +80,25 @@ def setup(level: str = "INFO", fmt: Literal["auto", "json", "console"] = "auto")
         handler = logging.StreamHandler(sys.stderr)
         formatter = _JournalFormatter if journal else logging.Formatter
         handler.setFormatter(formatter("%(levelname)s %(name)s: %(message)s"))
+        handler.addFilter(_duplicate_cast_without_traceback)
         handler._agents = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+
+
+def _duplicate_cast_without_traceback(record: logging.LogRecord) -> bool:
+    """oslo.messaging's RPC server drops a message whose unique id it saw among the
+    last 16 (a cast the sender published again after a lost confirm, a broker
+    failover) and logs that with a traceback: a duplicate is expected here, and the
+    agents are idempotent anyway. One warning line instead."""
+    if record.name.startswith("oslo_messaging") and str(record.msg).startswith(
+        "ignoring duplicate message"
+    ):
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg, record.args = "a message delivered twice was dropped (same unique id)", ()
+    return True
 
 
 def set_level(level: str) -> None:

@@ -13,7 +13,8 @@ load five events per build cost about one round trip instead of five, and far le
 Python (measured: oslo's Notifier was ~75% of the agent's CPU at concurrency 10).
 
 It must not decide what is reported (the manager and the build pipeline do), and it
-never raises into its callers: a notification that cannot be sent is logged.
+never raises into its callers. While the broker is unreachable a sender holds its batch
+and retries (the events behind it wait, in order); on close it gives up and logs it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from uuid import UUID
 
 import structlog
 
+from common.errors import BrokerUnreachable
 from common.messages import InstanceEvent, InstanceState, Message
 
 log = structlog.get_logger()
@@ -69,6 +71,7 @@ class Reporter:
         elif notifier is None:
             raise ValueError("a Reporter needs a notifier or batch publishers")
         self._queues: list[queue.Queue[_Item]] = [queue.Queue() for _ in range(senders)]
+        self._closing = threading.Event()
         if batch_publishers:
             self._threads = [
                 threading.Thread(
@@ -138,7 +141,7 @@ class Reporter:
             batch = [item for item in items if item is not None]
             try:
                 if batch:
-                    publisher.publish(batch)
+                    self._publish(publisher, batch)
             except Exception as err:  # a lost notification must not kill the sender
                 log.exception("notify_failed", event_types=[e[1] for e in batch], error=str(err))
             finally:
@@ -146,6 +149,23 @@ class Reporter:
                     q.task_done()
             if len(batch) < len(items):
                 return
+
+    def _publish(self, publisher: BatchPublisher, batch: list[_Event]) -> None:
+        """Publish `batch`, holding it (in order, everything behind it waiting) while the
+        broker is unreachable: a broker restart delays the events, it does not lose
+        them. Only a stop gives up on them, and says how many."""
+        pause = 1.0
+        while True:
+            try:
+                publisher.publish(batch)
+                return
+            except BrokerUnreachable as err:
+                if self._closing.is_set():
+                    log.error("notify_failed", events=len(batch), error=str(err))
+                    return
+                log.warning("notify_deferred", events=len(batch), error=str(err))
+                self._closing.wait(pause)
+                pause = min(pause * 2, 10.0)
 
     def _send_loop(self, q: queue.Queue[_Item]) -> None:
         assert self._notifier is not None
@@ -177,6 +197,7 @@ class Reporter:
 
     def close(self, timeout: float = 5.0) -> None:
         self.flush(timeout)
+        self._closing.set()  # a batch held for an unreachable broker is given up now
         for q in self._queues:
             q.put(None)
         for thread in self._threads:

@@ -26,6 +26,7 @@ import structlog
 from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from common.agent import AgentEndpoint, CastSpec, Intake, Ticket
+from common.errors import BrokerUnreachable
 from common.journal import Journal
 from common.messages import (
     MessageRejected,
@@ -129,6 +130,13 @@ class L2Endpoint(AgentEndpoint):
                     self._manager.port_updated(msg, received)
                 else:
                     self._manager.port_deleted(msg, received)
+            except BrokerUnreachable as err:
+                # The work is done and recorded; only its report did not go out (the
+                # broker stayed away through every retry). Not a failed port: the
+                # controller casts again what it does not hear of, and a message for a
+                # wired port reports it again.
+                self._metrics.rpc_errors.labels(method=method, problem="broker").inc()
+                log.error("port_report_unsent", error=str(err))
             except Exception as err:  # a bug or an OS error below: report it, keep serving
                 self._metrics.rpc_errors.labels(method=method, problem="internal").inc()
                 log.exception("port_message_failed", error=str(err))

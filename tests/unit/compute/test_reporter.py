@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from agents.compute.reporter import Reporter
+from common.errors import BrokerUnreachable
 from common.messages import InstanceEvent, Message, PingReply
 
 
@@ -148,3 +149,46 @@ def test_a_failed_batch_is_logged_and_the_sender_goes_on() -> None:
 def test_a_reporter_needs_somewhere_to_send() -> None:
     with pytest.raises(ValueError):
         Reporter(None, "node1")
+
+
+class UnreachableFor:
+    """A broker away for the first `outages` publishes (what BatchNotifier raises once
+    its own retries are spent), then back."""
+
+    def __init__(self, outages: int) -> None:
+        self.outages = outages
+        self.batches: list[list[str]] = []
+        self.closed = False
+
+    def publish(
+        self, batch: Sequence[tuple[str, str, Message, str | None]], timeout: float = 10.0
+    ) -> None:
+        if self.outages:
+            self.outages -= 1
+            raise BrokerUnreachable(url="127.0.0.1:5672", problem="connection refused")
+        self.batches.append([t for _, t, _, _ in batch])
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_events_are_held_in_order_while_the_broker_is_unreachable() -> None:
+    publisher = UnreachableFor(outages=2)
+    reporter = Reporter(None, "node1", batch_publishers=[publisher])
+    iid = uuid.uuid4()
+    reporter.instance("instance.create.start", iid, None)
+    threading.Event().wait(0.2)  # the sender holds that one; more queue up behind it
+    reporter.instance("instance.create.end", iid, None, state="running")
+    assert reporter.flush(10)
+    sent = [t for b in publisher.batches for t in b]
+    assert sent == ["instance.create.start", "instance.create.end"]  # none lost, in order
+    reporter.close()
+
+
+def test_close_gives_up_what_an_unreachable_broker_never_took() -> None:
+    publisher = UnreachableFor(outages=1_000)
+    reporter = Reporter(None, "node1", batch_publishers=[publisher])
+    reporter.instance("instance.create.start", uuid.uuid4(), None)
+    assert not reporter.flush(0.3)
+    reporter.close(timeout=0.1)  # returns: the held batch is given up (and logged)
+    assert publisher.batches == [] and publisher.closed
