@@ -93,6 +93,7 @@ class Records:
 
         def work(s: Session) -> Applied:
             s.info["redelivered"] = redelivered
+            self._lock_batch(s, events)
             out = Applied()
             for event_type, payload in events:
                 if isinstance(payload, AgentHeartbeat):
@@ -104,6 +105,46 @@ class Records:
             return out
 
         return self.store.db.retrying(work)
+
+    def _lock_batch(self, s: Session, events: Sequence[tuple[str, Message]]) -> None:
+        """Lock every instance the batch reports on, in one statement and in uuid order,
+        and load their ports and open operations: the events then read them from the
+        session (no statement each), and two replicas applying batches that share
+        instances take the locks in the same order, never in a deadlock (PostgreSQL
+        finds one only after `deadlock_timeout`, a second of lag each)."""
+        port_ids = {str(p.port_id) for _, p in events if isinstance(p, VifEvent)}
+        uuids = {
+            str(p.instance_uuid)
+            for _, p in events
+            if isinstance(p, InstanceEvent | VifEvent) and p.instance_uuid is not None
+        }
+        if port_ids:
+            uuids.update(
+                str(u) for u in s.scalars(select(Port.instance_uuid).where(Port.id.in_(port_ids)))
+            )
+            uuids.update(
+                str(u)
+                for u in s.scalars(
+                    select(ReleasedPort.instance_uuid).where(ReleasedPort.id.in_(port_ids))
+                )
+            )
+        if not uuids:
+            return
+        locked = list(
+            s.scalars(
+                select(Instance)
+                .where(Instance.uuid.in_(sorted(uuids)))
+                .order_by(Instance.uuid)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+        )
+        # read under the locks: a delete that released a port meanwhile is seen
+        s.scalars(
+            select(Port).where(Port.id.in_(port_ids)).execution_options(populate_existing=True)
+        ).all()
+        self.store.preload_open_operations(s, [i.uuid for i in locked])
+        s.info["locked"] = {i.uuid for i in locked}
 
     def _apply(self, s: Session, event_type: str, payload: Message) -> Applied:
         if isinstance(payload, VifEvent):
@@ -153,7 +194,7 @@ class Records:
             released = s.get(ReleasedPort, str(ev.port_id))
             inst_uuid = released.instance_uuid if released is not None else None
         inst = _locked(s, inst_uuid)
-        if port is not None and inst is not None:
+        if port is not None and inst is not None and inst.uuid not in s.info.get("locked", ()):
             # read again under the instance's lock: a delete may have released it
             port = s.get(Port, str(ev.port_id), populate_existing=True)
         op = self._operation(s, inst, ev.request_id, None)
@@ -450,6 +491,8 @@ def _locked(s: Session, uuid: str | None) -> Instance | None:
     """
     if uuid is None:
         return None
+    if uuid in s.info.get("locked", ()):
+        return s.get(Instance, uuid)  # locked and loaded by `_lock_batch`
     return s.get(Instance, uuid, with_for_update=True, populate_existing=True)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import uuid as uuidlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
@@ -417,7 +417,28 @@ class Store:
         s.add(op)
         return op
 
+    def preload_open_operations(self, s: Session, instance_uuids: Sequence[str]) -> None:
+        """Load the open operations of these instances (locked by the caller) in one
+        statement; `open_operations` then answers from the session for them."""
+        found: dict[str, list[Operation]] = {u: [] for u in instance_uuids}
+        for start in range(0, len(instance_uuids), 500):
+            for op in s.scalars(
+                select(Operation)
+                .where(
+                    Operation.instance_uuid.in_(instance_uuids[start : start + 500]),
+                    Operation.state.in_(OPEN_STATES),
+                )
+                .order_by(Operation.created_at.desc())
+            ):
+                found[op.instance_uuid].append(op)
+        s.info.setdefault("open_operations", {}).update(found)
+
     def open_operations(self, s: Session, instance_uuid: str) -> list[Operation]:
+        preloaded = s.info.get("open_operations", {}).get(instance_uuid)
+        if preloaded is not None:
+            # the session's own objects: an operation finished in this transaction is
+            # no longer open; none is opened while reports are applied
+            return [op for op in preloaded if op.state in OPEN_STATES]
         return list(
             s.scalars(
                 select(Operation)

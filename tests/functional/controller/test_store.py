@@ -541,3 +541,60 @@ def test_db_commands_of_the_console_script(database_url: str, tmp_path: Path) ->
     conf.write_text("[controller]\ndatabase_url = postgresql://nobody@127.0.0.1:1/none\n")
     res = run("upgrade")
     assert res.returncode == 1 and "127.0.0.1:1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_batches_sharing_instances_in_any_order_never_deadlock(database_url: str) -> None:
+    """Two controllers' consumers applying batches that report on the same instances in
+    opposite orders: every instance is locked in uuid order up front, so PostgreSQL
+    never has to break a deadlock (each one costs `deadlock_timeout` of lag)."""
+    db = Database(database_url)
+    db.upgrade()
+    try:
+        store = Store(db, agent_down_time=60)
+        store.sync_networks([NET])
+        heartbeat(store, "node1")
+        acc = store.create(request([f"d{i}" for i in range(12)], host="node1"))
+        rid = acc.response["request_id"]
+        insts = acc.response["instances"]
+        batch = [
+            ("instance.create.progress", _inst(i["uuid"], rid, step="guest_defined")) for i in insts
+        ] + [("port.vif_plugged", _vif(i["ports"][0], rid)) for i in insts]
+
+        def deadlocks() -> int:
+            if db.is_sqlite:
+                return 0
+            with db.reading() as s:
+                return int(
+                    s.execute(
+                        text(
+                            "SELECT deadlocks FROM pg_stat_database"
+                            " WHERE datname = current_database()"
+                        )
+                    ).scalar_one()
+                )
+
+        before = deadlocks()
+        failures: list[BaseException] = []
+
+        def apply(order: list[tuple[str, InstanceEvent | VifEvent]]) -> None:
+            try:
+                for _ in range(15):
+                    Records(store).apply_batch(order)
+            except BaseException as err:
+                failures.append(err)
+
+        threads = [
+            threading.Thread(target=apply, args=(batch,)),
+            threading.Thread(target=apply, args=(list(reversed(batch)),)),
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert not failures, failures
+        assert deadlocks() == before
+        assert {
+            p["state"] for i in store.list_instances() for p in store.show(i["uuid"])["ports"]
+        } == {"wired"}
+    finally:
+        db.close()
