@@ -6,17 +6,22 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from common import logging as agent_logging
 
 
 @pytest.fixture
 def root_handlers() -> Iterator[None]:
+    """setup() configures the process: put back what the other tests run with."""
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
+    config = structlog.get_config()
     yield
     root.handlers[:] = before
     root.setLevel(level)
+    structlog.reset_defaults()
+    structlog.configure(**config)
 
 
 def test_oslo_duplicate_message_is_one_line_without_traceback(
