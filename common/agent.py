@@ -16,6 +16,9 @@ Each agent supplies only its manager's work; everything around it lives here:
 - `AgentEndpoint`: the base of the object oslo dispatches to; each cast method of an
   agent's endpoint is one line routing to the intake.
 - `Heartbeat`: a thread that reports the agent every interval until stopped.
+- `Resync`: after start, asks the controller what this host should have and applies it.
+- `AgentLifecycle`: the start-up order and the stop sequence of every agent, around
+  the few steps an agent supplies (`AgentParts`); `ping_reply()` answers a ping.
 
 It must not know what a port or an instance is; the agents' managers do.
 """
@@ -26,13 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from common.errors import InvalidMessage
 from common.journal import Entry, Journal
-from common.messages import DesiredState, Message, envelope, open_envelope
+from common.messages import AgentKind, DesiredState, Message, PingReply, envelope, open_envelope
 from common.workers import KeyedSerialExecutor
 
 log = structlog.get_logger()
@@ -313,3 +316,155 @@ class Resync:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+
+def ping_reply(host: str, kind: AgentKind, version: str, uptime_s: float) -> PingReply:
+    """The answer of every agent's `ping` call."""
+    return PingReply(host=host, kind=kind, version=version, uptime_s=uptime_s)
+
+
+class Server(Protocol):
+    """An RPC server as the lifecycle drives it (common.rpc.RpcServer)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait(self) -> None: ...
+
+
+class MetricsEndpoint(Protocol):
+    """The /metrics endpoint (common.metrics.Registry)."""
+
+    def serve(self, listen: str) -> int | None: ...
+    def close(self) -> None: ...
+
+
+class AgentParts(Protocol):
+    """The steps of start and stop that only the agent knows; `AgentLifecycle` orders them.
+
+    Each step may be called after a failed or interrupted start, so the stop steps
+    must cope with what never started.
+    """
+
+    def prepare(self) -> None:
+        """Open the host before it is reconciled (a libvirt connection, link events)."""
+        ...
+
+    def reconcile(self) -> object:
+        """Bring the host and the agent's record into line (start-up reconcile)."""
+        ...
+
+    def replay(self) -> int:
+        """Queue what an earlier run took and did not finish (`Intake.replay`)."""
+        ...
+
+    def start_listeners(self) -> None:
+        """Start what feeds running work besides the RPC server (notification listeners)."""
+        ...
+
+    def rpc_server(self) -> Server:
+        """A new, not yet started RPC server on the agent's topic and host."""
+        ...
+
+    def heartbeat(self) -> None:
+        """Report the agent once (an `agent.heartbeat` event)."""
+        ...
+
+    def apply_desired(self, desired: DesiredState) -> Mapping[str, int]:
+        """Resync: apply what the controller says this host should have."""
+        ...
+
+    def drain(self, grace: float) -> None:
+        """Finish taken work within `grace`; hand back (leave journaled) what has not begun."""
+        ...
+
+    def stop_listeners(self) -> None:
+        """Stop what start_listeners() (or prepare()) started; running work no longer
+        needs it."""
+        ...
+
+    def close(self) -> None:
+        """Close the transports and the host connections."""
+        ...
+
+
+class AgentLifecycle:
+    """The start-up order and the stop sequence of every agent (a `common.service.Service`
+    delegates its start() and stop() here).
+
+    start: prepare -> reconcile -> replay the journal -> listeners -> RPC server ->
+    metrics -> heartbeat -> resync (on its own thread) -> `{kind}_agent_started`
+    (`compute_agent_started`, `l2_agent_started`). READY=1 is sent by
+    common.service.run() once start() returns, so systemd hears "ready" only then.
+
+    stop: resync stops -> the RPC server stops taking casts and waits until every cast
+    already taken (acked by the broker) has passed the endpoint into the journal ->
+    the agent drains within the grace (the listeners keep running, so work in flight
+    can still complete) -> listeners -> heartbeat -> metrics -> the agent closes.
+    """
+
+    def __init__(
+        self,
+        parts: AgentParts,
+        *,
+        kind: AgentKind,
+        host: str,
+        version: str,
+        heartbeat_interval: float,
+        metrics: MetricsEndpoint | None = None,
+        metrics_listen: str | None = None,
+        ask_desired: Callable[[], DesiredState] | None = None,
+        heartbeat_stop_timeout: float = 5.0,
+    ) -> None:
+        self._parts = parts
+        self.kind = kind
+        self.host = host
+        self.version = version
+        self._interval = heartbeat_interval
+        self._metrics = metrics
+        self._metrics_listen = metrics_listen
+        self._ask_desired = ask_desired
+        self._heartbeat_stop = heartbeat_stop_timeout
+        self._server: Server | None = None
+        self._heartbeat: Heartbeat | None = None
+        self._resync: Resync | None = None
+        self.metrics_port: int | None = None
+
+    def start(self) -> None:
+        parts = self._parts
+        parts.prepare()
+        parts.reconcile()
+        # Work an earlier run took and did not finish (kill -9) goes first, in the order
+        # it was taken, then the broker's.
+        parts.replay()
+        parts.start_listeners()
+        self._server = parts.rpc_server()
+        self._server.start()
+        if self._metrics is not None and self._metrics_listen:
+            # Port 0 binds any free port ([metrics] listen); the bound one is logged.
+            self.metrics_port = self._metrics.serve(self._metrics_listen)
+            log.info("metrics_serving", listen=self._metrics_listen, port=self.metrics_port)
+        self._heartbeat = Heartbeat(parts.heartbeat, self._interval, name=f"{self.kind}-heartbeat")
+        self._heartbeat.start()
+        if self._ask_desired is not None:
+            self._resync = Resync(self._ask_desired, parts.apply_desired)
+            self._resync.start()
+        log.info(f"{self.kind}_agent_started", host=self.host, version=self.version)
+
+    def stop(self, grace: float) -> None:
+        parts = self._parts
+        if self._resync is not None:
+            self._resync.stop()
+        if self._server is not None:
+            # No new cast is taken; wait() returns once every cast already taken (and
+            # acked by the broker on arrival) has passed the endpoint into the journal
+            # and the queue. Draining before that would refuse them, and the broker has
+            # already forgotten them.
+            self._server.stop()
+            self._server.wait()
+        parts.drain(grace)
+        parts.stop_listeners()
+        if self._heartbeat is not None:
+            self._heartbeat.stop(self._heartbeat_stop)
+        if self._metrics is not None:
+            self._metrics.close()
+        parts.close()

@@ -45,7 +45,7 @@ from agents.compute.settings import ComputeConfig
 from agents.compute.taps import TapProbe
 from agents.compute.telemetry import ComputeMetrics
 from agents.compute.waiter import PLUGGED, VifWaiter
-from common.agent import AgentEndpoint, CastSpec, Intake, Ticket
+from common.agent import AgentEndpoint, CastSpec, Intake, Ticket, ping_reply
 from common.errors import AgentsError, InvalidMessage
 from common.journal import Journal
 from common.messages import (
@@ -231,9 +231,7 @@ class ComputeManager(AgentEndpoint):
     # ================================================================== calls
 
     def ping(self, ctxt: Any, **extra: Any) -> PingReply:
-        return PingReply(
-            host=self.host, kind="compute", version=self.version, uptime_s=self.uptime()
-        )
+        return ping_reply(self.host, "compute", self.version, self.uptime())
 
     def list_instances(self, ctxt: Any, **extra: Any) -> InstanceList:
         infos: dict[UUID, InstanceInfo] = {}

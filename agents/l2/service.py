@@ -1,19 +1,20 @@
-"""The l2-agent as a `common.service.Service`: start-up order, heartbeats, graceful stop.
+"""The l2-agent as a `common.service.Service`: the steps of start and stop only it knows.
 
-start(): record loaded and kernel reconciled, link events followed, then the RPC server
-consumes (so READY=1 means "serving, and the host matches the record"). stop(grace):
-stop consuming, let queued port work finish within `grace`, close everything.
+The order they run in is `common.agent.AgentLifecycle`'s, the same for every agent:
+start: link events followed (before reconcile, so nothing deleted meanwhile is missed)
+-> record loaded and kernel reconciled -> journal replay -> RPC server consumes ->
+metrics -> heartbeats -> resync (so READY=1 means "serving, and the host matches the
+record"). stop(grace): stop consuming, let queued port work finish within `grace`
+(the rest stays in the journal), close everything.
 The collaborators are built in __main__ and handed in; this module opens nothing itself.
 """
 
 from __future__ import annotations
 
 import functools
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
 
 import structlog
 
@@ -21,7 +22,7 @@ from agents.l2.manager import EventSink, L2Manager
 from agents.l2.metrics import L2Metrics
 from agents.l2.netlink import LinkEvent, LinkEvents
 from agents.l2.store import PortStore
-from common.agent import Heartbeat, Resync
+from common.agent import AgentLifecycle, Server, ping_reply
 from common.messages import (
     AgentHeartbeat,
     DesiredState,
@@ -35,14 +36,6 @@ from common.workers import KeyedSerialExecutor
 log = structlog.get_logger()
 
 
-class Stoppable(Protocol):
-    """What the service needs of an RPC server (common.rpc.RpcServer)."""
-
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def wait(self) -> None: ...
-
-
 class L2Agent:
     def __init__(
         self,
@@ -50,7 +43,7 @@ class L2Agent:
         manager: L2Manager,
         executor: KeyedSerialExecutor,
         store: PortStore,
-        make_server: Callable[[], Stoppable],
+        make_server: Callable[[], Server],
         link_events: Callable[[Callable[[LinkEvent], None]], LinkEvents],
         agent_events: EventSink,
         metrics: L2Metrics,
@@ -70,64 +63,73 @@ class L2Agent:
         self._agent_events = agent_events
         self._metrics = metrics
         self.version = version
-        self._interval = heartbeat_interval
-        self._metrics_listen = metrics_listen
         self._reload = reload_log_level
         self._on_close = on_close
         self._replay = replay
-        self._ask_desired = ask_desired
-        self._resync: Resync | None = None
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
-        self._stopping = threading.Event()
-        self._server: Stoppable | None = None
         self._events: LinkEvents | None = None
-        self._beat: Heartbeat | None = None
-        self.metrics_port: int | None = None
+        self.lifecycle = AgentLifecycle(
+            self,
+            kind="l2",
+            host=manager.host,
+            version=version,
+            heartbeat_interval=heartbeat_interval,
+            metrics=metrics.registry,
+            metrics_listen=metrics_listen,  # port 0: any free port, as common.config says
+            ask_desired=ask_desired,
+            heartbeat_stop_timeout=2.0,
+        )
 
     # ------------------------------------------------------------------ Service
 
     def start(self) -> None:
-        if self._metrics_listen:  # port 0: any free port, as common.config documents
-            self.metrics_port = self._metrics.registry.serve(self._metrics_listen)
-            log.info("metrics_serving", listen=self._metrics_listen, port=self.metrics_port)
+        self.lifecycle.start()
+
+    def stop(self, grace: float) -> None:
+        self.lifecycle.stop(grace)
+
+    def healthy(self) -> bool:
+        return self._events is not None and self._events.alive()
+
+    def reload(self) -> None:
+        if self._reload is not None:
+            self._reload()
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.lifecycle.metrics_port
+
+    # ------------------------------------------------------------------ AgentParts
+
+    def prepare(self) -> None:
         # Follow link events before reconciling so nothing deleted meanwhile is missed.
         self._events = self._make_link_events(self._on_link_event)
         self._events.start()
-        self.manager.reconcile()
-        # Port messages an earlier run took and did not apply (kill -9) go first, in
-        # the order they were taken, then the broker's.
-        if self._replay is not None:
-            self._replay()
-        self._server = self._make_server()
-        self._server.start()
-        self._beat = Heartbeat(self.heartbeat, self._interval, name="l2-heartbeat")
-        self._beat.start()
-        if self._ask_desired is not None:
-            self._resync = Resync(self._ask_desired, self.apply_desired)
-            self._resync.start()
-        log.info("l2_agent_started", host=self.manager.host, version=self.version)
 
-    def stop(self, grace: float) -> None:
-        self._stopping.set()
-        if self._resync is not None:
-            self._resync.stop()
-        if self._server is not None:
-            # No new message is taken from here on; wait() returns once every message
-            # already taken (acknowledged by the broker on arrival) has passed through
-            # the endpoint into the executor. Closing the executor before that would
-            # refuse them, and the broker has already forgotten them.
-            self._server.stop()
-            self._server.wait()
+    def reconcile(self) -> object:
+        return self.manager.reconcile()
+
+    def replay(self) -> int:
+        return self._replay() if self._replay is not None else 0
+
+    def start_listeners(self) -> None:
+        """Link events are followed from prepare() on; nothing else feeds port work."""
+
+    def rpc_server(self) -> Server:
+        return self._make_server()
+
+    def drain(self, grace: float) -> None:
         finished = self._executor.shutdown(grace)
         if not finished:
             # Not begun within the grace: left in the journal for the next start.
             log.warning("port_work_handed_back", abandoned=self._executor.abandoned, grace_s=grace)
+
+    def stop_listeners(self) -> None:
         if self._events is not None:
             self._events.stop()
-        if self._beat is not None:
-            self._beat.stop(2)
-        self._metrics.registry.close()
+
+    def close(self) -> None:
         self._store.close()
         if self._on_close is not None:
             self._on_close()
@@ -161,22 +163,13 @@ class L2Agent:
                 released += 1
         return {"ports_added": added, "ports_released": released}
 
-    def healthy(self) -> bool:
-        return self._events is not None and self._events.alive()
-
-    def reload(self) -> None:
-        if self._reload is not None:
-            self._reload()
-
     # ------------------------------------------------------------------ reports
 
     def uptime(self) -> float:
         return time.monotonic() - self._t0
 
     def ping(self) -> PingReply:
-        return PingReply(
-            host=self.manager.host, kind="l2", version=self.version, uptime_s=self.uptime()
-        )
+        return ping_reply(self.manager.host, "l2", self.version, self.uptime())
 
     def heartbeat(self) -> None:
         self._agent_events.info(

@@ -22,7 +22,8 @@ from typing import Any
 import kombu
 import pytest
 
-from agents.lab.procs import REPO, broker_available, console_script, unique, wait_for
+from agents.lab.configs import unit_command
+from agents.lab.procs import REPO, broker_available, unique, wait_for
 from common.config import MessagingSettings
 from common.messages import (
     BuildInstance,
@@ -142,7 +143,11 @@ def write_config(dep: Deployment, image_dir: Path, host: str | None = None, **co
         "[compute]",
         *(f"{k} = {v}" for k, v in settings.items()),
     ]
-    path = dep.tmp / f"compute-{host}.conf"
+    # laid out as /etc/agents is, so the agent runs with its unit's command line
+    etc = dep.tmp / f"etc-{host}"
+    etc.mkdir(exist_ok=True)
+    (etc / "shared.conf").write_text(SHARED_CONF.read_text())
+    path = etc / "compute-agent.conf"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -255,13 +260,7 @@ def start_agent(
     log = config.with_suffix(".log")
     fh = log.open("ab")
     proc = subprocess.Popen(
-        [
-            console_script("compute-agent"),
-            "--config-file",
-            str(SHARED_CONF),
-            "--config-file",
-            str(config),
-        ],
+        unit_command("compute-agent", config.parent),  # config: write_config()'s
         stdout=fh,
         stderr=subprocess.STDOUT,
         start_new_session=True,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from agents.l2.settings import L2Config
+from agents.lab.configs import unit_command
 from agents.lab.procs import REPO, run, unique, wait_for
 from common.config import load
 from common.rpc import EventWatcher, Messaging, vif_events_topic
@@ -145,19 +146,13 @@ def wait_event(
 
 
 def spawn_agent(env: L2Env, log: Path, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    from agents.lab.procs import console_script
-
+    """The l2-agent with its unit's command line, on write_configs()'s files."""
+    etc = env.conf.parent
+    assert (env.shared, env.conf) == (etc / "shared.conf", etc / "l2-agent.conf")
     fh = log.open("ab")
     try:
         return subprocess.Popen(
-            [
-                console_script("l2-agent"),
-                "--config-file",
-                str(env.shared),
-                "--config-file",
-                str(env.conf),
-                *(extra or []),
-            ],
+            [*unit_command("l2-agent", etc), *(extra or [])],
             stdout=fh,
             stderr=subprocess.STDOUT,
         )
