@@ -154,9 +154,89 @@ def _install_reply_exchange() -> None:
             transport_options=options,
         )
 
+    def declare_topic_consumer(
+        self: Any, exchange_name: str, topic: str, callback: Any = None, queue_name: Any = None
+    ) -> None:
+        # oslo's, plus bounds on a server's own queue (`compute.<host>`): see
+        # rpc_queue_bounds
+        consumer = impl_rabbit.Consumer(
+            exchange_name=exchange_name,
+            queue_name=queue_name or topic,
+            routing_key=topic,
+            type="topic",
+            durable=self.durable,
+            exchange_auto_delete=self.amqp_auto_delete,
+            queue_auto_delete=self.amqp_auto_delete,
+            callback=callback,
+            rabbit_ha_queues=self.rabbit_ha_queues,
+            enable_cancel_on_failover=self.enable_cancel_on_failover,
+            rabbit_quorum_queue=self.rabbit_quorum_queue,
+            rabbit_quorum_queue_config=self.rabbit_quorum_queue_config,
+        )
+        if "." in consumer.queue_name:
+            bounded = rpc_queue_bounds(consumer.queue_arguments)
+            if _declares_with(self, consumer, bounded):
+                consumer.queue_arguments = bounded
+            else:  # declared by an older release: used as it is, said once
+                log.warning(
+                    "rpc_queue_unbounded",
+                    queue=consumer.queue_name,
+                    fix="delete it once while its agent is stopped; it is declared again",
+                )
+        self.declare_consumer(consumer)
+
     conn_cls.declare_direct_consumer = declare_direct_consumer
     conn_cls.direct_send = direct_send
+    conn_cls.declare_topic_consumer = declare_topic_consumer
     conn_cls._agents_reply_exchange = True
+
+
+# A server's own RPC queue (`compute.<host>`, `l2-agent.<host>`) holds casts waiting for
+# its agent. Bounded so that a host gone for good cannot make it grow without end: a
+# cast waits at most RPC_QUEUE_TTL_S (the controller re-drives what is still wanted, and
+# gives an operation up long before: `operation_timeout`; an agent resyncs with the
+# controller when it starts), and past RPC_QUEUE_MAX_LENGTH the oldest is dropped.
+# An hour is also the agents' default tombstone lifetime: a build queued for longer
+# than a deleted instance's tombstone lives can no longer arrive. Calls carry a
+# per-message TTL of their timeout, and the lower of the two wins.
+RPC_QUEUE_MAX_LENGTH = 100_000
+RPC_QUEUE_TTL_S = 3600
+
+
+def rpc_queue_bounds(arguments: dict[str, Any] | None) -> dict[str, Any]:
+    """oslo's arguments for a server queue (quorum type, delivery limit, ...) plus ours."""
+    args = {
+        **(arguments or {}),
+        "x-max-length": RPC_QUEUE_MAX_LENGTH,
+        "x-message-ttl": RPC_QUEUE_TTL_S * 1000,
+    }
+    if args.get("x-queue-type") == "quorum":
+        args["x-overflow"] = "drop-head"  # the default, stated: a policy cannot change it
+    return args
+
+
+def _declares_with(conn: Any, consumer: Any, arguments: dict[str, Any]) -> bool:
+    """Whether the broker takes `consumer`'s queue with `arguments`: False when it exists
+    with others (PRECONDITION_FAILED, which closes only the throwaway channel)."""
+    channel = conn.connection.channel()
+    try:
+        kombu.Queue(
+            consumer.queue_name,
+            exchange=consumer.exchange,
+            routing_key=consumer.routing_key,
+            durable=consumer.durable,
+            auto_delete=consumer.queue_auto_delete,
+            queue_arguments=arguments,
+            channel=channel,
+        ).declare()
+        return True
+    except Exception as err:
+        if "PRECONDITION_FAILED" in str(err) or "inequivalent arg" in str(err):
+            return False
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
 
 
 class _ConnectionLost(logging.Filter):

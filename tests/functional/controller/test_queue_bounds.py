@@ -32,10 +32,13 @@ import pytest
 from agents.controller.db.store import Store
 from agents.controller.service import Controller
 from agents.lab.broker import BrokerScope
-from common.messages import AgentHeartbeat, InstanceEvent, VifEvent
+from common.messages import AgentHeartbeat, InstanceEvent, PingReply, VifEvent
 from common.rpc import (
+    COMPUTE_TOPIC,
     NOTIFY_QUEUE_MAX_LENGTH,
     NOTIFY_QUEUE_TTL_S,
+    RPC_QUEUE_MAX_LENGTH,
+    RPC_QUEUE_TTL_S,
     Messaging,
     NotificationListener,
     agent_events_topic,
@@ -179,7 +182,11 @@ def test_every_queue_a_deployment_declares_carries_bounds(
     for name in notification:
         assert ours[name] == BOUNDED, name
     assert ours[events_queue] == {"x-max-length": 1_000_000, "x-message-ttl": 7 * 86400 * 1000}
-    assert ours[rpc] == {}  # oslo's; its messages are calls that expire (test_resync.py)
+    # a server's own RPC queue: oslo's, with our bounds (calls also expire by themselves)
+    assert ours[rpc] == {
+        "x-max-length": RPC_QUEUE_MAX_LENGTH,
+        "x-message-ttl": RPC_QUEUE_TTL_S * 1000,
+    }
     # the other queues oslo made for the controller's RPC server expire when unused
     for name, args in queues.items():
         if name.startswith(("controller_fanout_", "reply_")):
@@ -216,3 +223,48 @@ def test_a_queue_an_older_release_left_unbounded_is_used_as_it_is(
     assert queue_arguments()[f"{vif_events_topic(host)}.error"] == BOUNDED
     out, err = capfd.readouterr()
     assert "queue_not_bounded" in out + err and name in out + err
+
+
+def test_an_rpc_queue_an_older_release_left_unbounded_is_used_as_it_is(
+    broker_scope: BrokerScope, controller: Controller, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A host's own RPC queue declared without bounds (an earlier release): the agent
+    serves from it as it is and says so; a new host's queue gets the bounds."""
+    assert controller.messaging is not None
+    settings = controller.messaging.settings
+    old, new = broker_scope.host("oldrpc"), broker_scope.host("newrpc")
+    with kombu.Connection(AMQP_URL) as conn:  # as oslo declared it: no arguments
+        exchange = kombu.Exchange(settings.control_exchange, type="topic", durable=True)
+        name = f"{COMPUTE_TOPIC}.{old}"
+        kombu.Queue(name, exchange=exchange, routing_key=name, durable=True).bind(
+            conn.channel()
+        ).declare()
+
+    class Pong:
+        def __init__(self, host: str) -> None:
+            self.host = host
+
+        def ping(self, ctxt: object, **_: object) -> PingReply:
+            return PingReply(host=self.host, kind="compute", version="t", uptime_s=1.0)
+
+    m = Messaging(settings)
+    servers = [m.rpc_server(COMPUTE_TOPIC, h, [Pong(h)]) for h in (old, new)]
+    try:
+        for server in servers:
+            server.start()
+        for h in (old, new):
+            reply = m.rpc_client(COMPUTE_TOPIC, h, timeout=15).call("ping")
+            assert isinstance(reply, PingReply) and reply.host == h
+    finally:
+        for server in servers:
+            server.stop()
+            server.wait()
+        m.close()
+    queues = queue_arguments()
+    assert queues[f"{COMPUTE_TOPIC}.{old}"] == {}
+    assert queues[f"{COMPUTE_TOPIC}.{new}"] == {
+        "x-max-length": RPC_QUEUE_MAX_LENGTH,
+        "x-message-ttl": RPC_QUEUE_TTL_S * 1000,
+    }
+    out, err = capfd.readouterr()
+    assert "rpc_queue_unbounded" in out + err and f"{COMPUTE_TOPIC}.{old}" in out + err
