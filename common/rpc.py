@@ -1265,12 +1265,23 @@ class QueueBinding:
     routing_key: str
 
 
-def declared_arguments(settings: MessagingSettings, old: dict[str, Any]) -> dict[str, Any]:
-    """The arguments the daemons of `settings` declare for a queue that has `old` now
-    (the classic <-> quorum switch): a bounded queue of ours (it has `x-max-length`)
+def declared_arguments(
+    settings: MessagingSettings, old: dict[str, Any], name: str = ""
+) -> dict[str, Any]:
+    """The arguments the daemons of `settings` declare for queue `name` that has `old`
+    now (the classic <-> quorum switch): an oslo RPC server queue gets what oslo
+    declares (quorum: `rabbit_quorum_queue` with the delivery limit; classic: none),
+    plus `rpc_queue_bounds` on a server's own queue (`compute.<host>`: one an older
+    release left without gets them now); a bounded queue of ours (events; it has
+    `x-max-length`)
     keeps its bounds (`bounded_queue_args`: with quorum, plus delivery limit and
-    dead-lettering); an oslo RPC server queue gets what oslo declares (quorum:
-    `rabbit_quorum_queue` with the delivery limit; classic: no arguments)."""
+    dead-lettering)."""
+    topic, dot, _server = name.partition(".")
+    if topic in (COMPUTE_TOPIC, L2_TOPIC, CONTROLLER_TOPIC) and not name.endswith(".switch-tmp"):
+        oslo: dict[str, Any] = {}
+        if settings.queue_type == "quorum":
+            oslo = {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+        return rpc_queue_bounds(oslo) if dot else oslo
     if "x-max-length" in old:
         ttl_ms = old.get("x-message-ttl", NOTIFY_QUEUE_TTL_S * 1000)
         return bounded_queue_args(settings, int(old["x-max-length"]), int(ttl_ms) / 1000)

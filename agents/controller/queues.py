@@ -155,7 +155,7 @@ def switch(
             done.append((q, 0, 0))
             continue
         out, back = redeclare_queue(
-            target, q.name, declared_arguments(target, q.arguments), q.bindings
+            target, q.name, declared_arguments(target, q.arguments, q.name), q.bindings
         )
         if back != out:
             raise SwitchError(f"queue {q.name}: moved out {out} messages but back {back}")

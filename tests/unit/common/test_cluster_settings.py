@@ -10,6 +10,8 @@ import pytest
 from common.config import BaseConfig, MessagingSettings, load
 from common.errors import ConfigError
 from common.rpc import (
+    RPC_QUEUE_MAX_LENGTH,
+    RPC_QUEUE_TTL_S,
     Messaging,
     bounded_queue_args,
     connection,
@@ -78,6 +80,16 @@ def test_the_switch_declares_what_the_daemons_will() -> None:
     assert declared_arguments(classic, bounded_queue_args(quorum, 10, 5)) == ours
     assert declared_arguments(quorum, {}) == {"x-queue-type": "quorum", "x-delivery-limit": 7}
     assert declared_arguments(classic, {"x-queue-type": "quorum"}) == {}
+    # a server's own RPC queue keeps (or, left unbounded by an older release, gets) its
+    # bounds beside oslo's arguments; a topic's shared queue has oslo's only
+    rpc = {"x-max-length": RPC_QUEUE_MAX_LENGTH, "x-message-ttl": RPC_QUEUE_TTL_S * 1000}
+    assert declared_arguments(quorum, rpc, "compute.node1") == {
+        "x-queue-type": "quorum", "x-delivery-limit": 7, **rpc, "x-overflow": "drop-head",
+    }  # fmt: skip
+    assert declared_arguments(classic, {}, "l2-agent.node1") == rpc
+    assert declared_arguments(quorum, {}, "compute") == {
+        "x-queue-type": "quorum", "x-delivery-limit": 7,
+    }  # fmt: skip
 
 
 def test_oslo_gets_quorum_queues_and_the_delivery_limit() -> None:
