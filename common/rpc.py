@@ -7,7 +7,9 @@ What it owns:
   `l2-agent`, server = host), casts sent with the mandatory flag so a cast to a host
   nobody ever served fails instead of vanishing (docs/platform.md); and the
   deployment-wide target of the controller (topic `controller`, host None: every
-  replica serves it, `Messaging.controller_client()` calls it);
+  replica serves it, `Messaging.controller_client()` calls it); a server's own queue
+  (`compute.<host>`) is declared with bounds added to oslo's arguments
+  (`rpc_queue_bounds`);
 - notifications (oslo's messagingv2 wire) published and consumed with kombu, so that
   every `<topic>.<priority>` queue this project declares carries its own bounds
   (`x-max-length`, `x-message-ttl`): oslo's Notifier and notification listener declare
