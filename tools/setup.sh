@@ -14,21 +14,38 @@ PACKAGES=(
     qemu-system-x86 qemu-utils
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
     pkg-config gcc python3-dev python3-venv
-    busybox-static socat iproute2 procps iputils-ping cpio xz-utils zstd kmod
-    systemd libxml2-utils
+    busybox-static socat iproute2 procps iputils-ping cpio xz-utils zstd kmod file
+    systemd libxml2-utils util-linux mount hostname
     # the API's TLS tests make a throwaway CA with it
     openssl
+    # the tests: the checkout's files (git ls-files), the metrics endpoints (curl)
+    git curl
     # the pid1/fresh tests: a Debian 12 root file system booted by a real systemd
     debootstrap systemd-container
 )
+# rabbitmq-server (rabbitmqctl, epmd) is not in this list: it is installed below only
+# where no broker answers on 127.0.0.1:5672.
 
-# Every program a daemon, a test or the quickstart runs. Checked after the install, so a
-# package missing from the list above fails here, on the first run, and not later in a
-# test on someone else's machine.
+# Every program a daemon, a test, a tool or the quickstart runs (coreutils, bash, dpkg
+# and apt aside: every Debian has them). Checked after the install, so a package
+# missing from the list above fails here, on the first run, and not later in a test on
+# someone else's machine. tests/functional/systemd/test_fresh.py checks that this list
+# names every program the Python code runs, and that a fresh Debian 12 has all of them
+# after this script.
 PROGRAMS=(
+    # compute-agent: disk overlays; libvirt runs QEMU; the guest XML checks of the tests
     qemu-img qemu-system-x86_64 virsh virt-xml-validate xmllint
-    ip bridge socat busybox cpio xz zstd modprobe ping setsid systemd-analyze
-    debootstrap systemd-nspawn nsenter openssl
+    # labs, tests, benchmarks, quickstart: namespaces, links, relays, probes
+    ip bridge ss ping socat setsid curl kill hostname python3
+    # tools/build-guest-image.sh (busybox: the guest's userland)
+    busybox cpio xz zstd gzip file flock modprobe
+    # the broker: setup.sh itself, install.sh --broker-accounts, switch-queue-type.sh,
+    # the tests; rabbitmq-server and epmd for the lab's broker cluster (agents/lab/cluster.py)
+    rabbitmqctl rabbitmq-server epmd
+    # the tests: git ls-files (tests/unit/test_standalone.py, the containers' checkout)
+    git openssl
+    # the units and the pid1/fresh tests
+    systemctl journalctl systemd-analyze debootstrap systemd-nspawn nsenter mount umount mountpoint
 )
 
 if [ "$(id -u)" != 0 ]; then
@@ -90,6 +107,14 @@ if ! broker_answers; then
     fi
     echo "setup.sh: rabbitmq-server answers on 127.0.0.1:5672"
 fi
+if ! command -v rabbitmqctl >/dev/null; then
+    # A broker answers, but not Debian's rabbitmq-server of this machine: installing the
+    # package now would start a second one on the same port.
+    echo "setup.sh: a broker answers on 127.0.0.1:5672 but rabbitmqctl is not installed:" \
+        "the tests and install.sh --broker-accounts manage the broker with it." >&2
+    echo "setup.sh: use Debian's rabbitmq-server here (apt-get install rabbitmq-server)" >&2
+    exit 1
+fi
 
 # Older versions published agent events under `agents_events.<priority>` and declared
 # those queues (at first without bounds). Events now carry their host in the routing
@@ -106,7 +131,8 @@ fi
 
 absent=()
 for prog in "${PROGRAMS[@]}"; do
-    command -v "$prog" >/dev/null || absent+=("$prog")
+    # type -P: a file on PATH, not a shell builtin (kill) or function
+    type -P "$prog" >/dev/null || absent+=("$prog")
 done
 if [ ${#absent[@]} -gt 0 ]; then
     echo "setup.sh: these programs are still missing after the install: ${absent[*]}" >&2

@@ -8,6 +8,13 @@ setup.sh's PROGRAMS list must be found, the daemons' modules must import in the 
 made, and, because no broker answers on 127.0.0.1:5672 inside (the container has a
 network of its own), setup.sh must have installed and started Debian's rabbitmq-server.
 
+That list is only as good as what it names, so a second test (no container, no marker:
+it runs with every functional run) reads the Python code of agents/, common/, tests/,
+bench/ and tools/ and finds each program it runs (the first word of a command given to
+subprocess.run / Popen / the tests' run helpers, what `ip netns exec NS` runs,
+shutil.which's argument) and each `command -v` of tools/*.sh: each must be in
+PROGRAMS, or be part of every Debian (coreutils, bash, dpkg, apt).
+
 What the copy gets besides the checkout is this machine's way out, not project set-up:
 an apt proxy setting and http(s)_proxy for pip (relay.py's proxy, the container's
 only route out), this machine's pip configuration and trusted CAs, and dpkg's
@@ -17,6 +24,7 @@ pip's cache live under nspawn.CACHE and are reused by the next run.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -26,11 +34,20 @@ from agents.lab.procs import REPO
 from tests.functional.systemd import nspawn
 from tests.functional.systemd.nspawn import Container, Overlay, Relay, timed
 
-pytestmark = [pytest.mark.fresh, pytest.mark.timeout(1800)]
-
 IMPORTS = (
     "import agents.controller.service, agents.compute.manager, agents.l2.manager, agents.ctl.cli"
 )
+# Where the code that runs programs lives.
+SOURCES = ("agents", "common", "tests", "bench", "tools")
+# Calls whose first argument is a command line: subprocess's, agents.lab.procs.run,
+# nspawn.sh, Container.run, NamespaceHost.exec_check / spawn.
+RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "sh", "exec_check", "spawn"}
+# Programs of Debian's Essential packages (and apt): on every Debian 12, a fresh one too.
+ESSENTIAL = {
+    "bash", "sh", "cat", "cp", "mv", "rm", "ln", "mkdir", "rmdir", "chmod", "chown", "touch",
+    "tee", "test", "env", "true", "false", "ls", "find", "grep", "sed", "sort", "head", "tail",
+    "cut", "du", "cmp", "sha256sum", "mktemp", "realpath", "dpkg", "apt-get", "apt-cache",
+}  # fmt: skip
 
 
 def setup_programs() -> list[str]:
@@ -43,12 +60,67 @@ def setup_programs() -> list[str]:
     return words
 
 
+def programs_the_code_runs() -> dict[str, set[str]]:
+    """program -> the files that run it, found in the Python code and tools/*.sh."""
+    found: dict[str, set[str]] = {}
+
+    def add(program: str, path: Path) -> None:
+        found.setdefault(program, set()).add(str(path.relative_to(REPO)))
+
+    for top in SOURCES:
+        for path in sorted((REPO / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if not isinstance(node, ast.Call) or not node.args:
+                    continue
+                func = node.func
+                name = getattr(func, "id", None) or getattr(func, "attr", None)
+                first = node.args[0]
+                if name == "which" and isinstance(first, ast.Constant):
+                    add(str(first.value), path)
+                    continue
+                if name not in RUNNERS or not isinstance(first, ast.List | ast.Tuple):
+                    continue
+                words = [e.value if isinstance(e, ast.Constant) else None for e in first.elts]
+                if words and isinstance(words[0], str):
+                    add(words[0], path)
+                # ip netns exec NAME PROGRAM ...
+                program = (
+                    words[4] if words[:3] == ["ip", "netns", "exec"] and len(words) > 4 else None
+                )
+                if isinstance(program, str):
+                    add(program, path)
+    for path in sorted((REPO / "tools").glob("*.sh")):
+        for program in re.findall(r"command -v ([A-Za-z][\w.-]*)", path.read_text()):
+            add(program, path)
+    return found
+
+
+def test_setup_programs_name_every_program_the_code_runs() -> None:
+    """A program run somewhere in the code and missing from PROGRAMS would not be checked
+    on a fresh machine (nor its package installed): it would fail later, elsewhere."""
+    listed = set(setup_programs())
+    runs = programs_the_code_runs()
+    assert {"ip", "qemu-img", "rabbitmqctl", "git"} <= set(runs), sorted(runs)  # the scan works
+    unlisted = {
+        program: sorted(paths)
+        for program, paths in runs.items()
+        if program not in listed and program not in ESSENTIAL and "/" not in program
+    }
+    assert not unlisted, (
+        f"programs the code runs that tools/setup.sh's PROGRAMS does not name: {unlisted}; "
+        "add each there, and its Debian package to PACKAGES"
+    )
+
+
 def missing_programs(container: Container, programs: list[str]) -> list[str]:
-    script = 'for p in "$@"; do command -v "$p" >/dev/null || echo "$p"; done'
+    # type -P: a file on PATH, not a shell builtin (kill) or function; as setup.sh checks
+    script = 'for p in "$@"; do type -P "$p" >/dev/null || echo "$p"; done'
     out = container.run(["bash", "-c", script, "check", *programs]).stdout
     return out.split()
 
 
+@pytest.mark.fresh
+@pytest.mark.timeout(1800)
 def test_setup_sh_on_a_fresh_debian12(tmp_path: Path) -> None:
     nspawn.require_root_and_tools()
     programs = setup_programs()

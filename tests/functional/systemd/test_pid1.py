@@ -7,19 +7,29 @@ and `systemctl enable --now agents-controller` are exactly an operator's. The co
 are in /etc/agents before the install (install.sh keeps existing files): a control
 exchange, an events topic, an events queue and a host name of this test only, so
 nothing mixes with other users of the machine's RabbitMQ; the test deletes those queues
-and the exchange afterwards. The broker is the machine's, reached through relay.py.
+and the exchange afterwards. The broker is the machine's, reached through relay.py; so
+is the controller's database: a scratch PostgreSQL database of this test on the
+machine's server (127.0.0.1:5432, user postgres, trust), created before the boot and
+dropped afterwards (agents.lab.database.ScratchPostgres).
 
 What is proved, with systemd's own view (`systemctl show`, the journal):
 
 - each unit is `activating` while its daemon runs but cannot be ready (no broker), and
   `active (running)` only once the broker is back: the Type=notify READY=1 path;
-- journald holds the daemons' JSON lines; a build asked of the controller's API shows
-  its request_id and instance_uuid in `journalctl -o json -u compute-agent`;
+- journald holds the daemons' JSON lines, each at its level's PRIORITY; a build asked of
+  the controller's API shows its request_id and instance_uuid in
+  `journalctl -o json -u compute-agent`, its request_id in the l2-agent's;
+- the controller keeps its state in that PostgreSQL database (its `database_ready`
+  line names it, the build's instance row is there, no SQLite file exists);
 - the l2-agent's process has CAP_NET_ADMIN and nothing else (/proc/PID/status);
 - `systemd-analyze security` of the installed units (printed; docs/operations.md);
 - a daemon frozen with SIGSTOP is killed by the watchdog and restarted (WatchdogSec
   lowered to 5 s by a drop-in in /etc/systemd/system/UNIT.d/, as `systemctl edit` does);
 - a daemon killed with SIGKILL is restarted (Restart=on-failure);
+- `systemctl stop compute-agent` with builds in flight (waiting for their ports: the
+  l2-agent is stopped) ends within TimeoutStopSec, exit status 0, the builds handed
+  back and left in the agent's journal (/var/lib/agents/compute-agent/HOST/journal);
+  started again, with the l2-agent back, every one of them ends `running`;
 - `systemctl stop` ends each within its TimeoutStopSec, exit status 0.
 
 The tests of this module run in order on one container; the last stops the daemons.
@@ -40,7 +50,8 @@ import pytest
 
 from agents.lab.broker import BrokerScope
 from agents.lab.broker import delete as delete_queues
-from agents.lab.procs import REPO
+from agents.lab.database import ScratchPostgres
+from agents.lab.procs import REPO, LabError
 from tests.functional.systemd import nspawn
 from tests.functional.systemd.nspawn import Container, Overlay, Relay, timed
 from tests.functional.systemd.test_units import EXPOSURE_LIMIT
@@ -59,6 +70,16 @@ HOLD_COMPUTE_S = 4.0
 API = "http://127.0.0.1:8780"
 CAP_NET_ADMIN = 12
 BROKER = "127.0.0.1:5672=127.0.0.1:5672"
+POSTGRES = "127.0.0.1:5432=127.0.0.1:5432"
+# The machine's PostgreSQL, as the functional tests reach it (trust on loopback). Inside
+# the container the same address is relay.py's, so the server sees a loopback peer too.
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# [compute] stop_grace of the test's config (20 s by default): builds waiting for their
+# ports get this long before they are handed back, so a stop with builds in flight
+# takes a few seconds, not 20. TimeoutStopSec (40 s) is the unit's own.
+STOP_GRACE = 6
+IN_FLIGHT = 3
+COMPUTE_METRICS = "http://127.0.0.1:9101/metrics"
 
 
 def edit(text: str, old: str, new: str, name: str) -> str:
@@ -72,7 +93,9 @@ class Machine:
     container: Container
     host: str
     broker: Relay
+    database: ScratchPostgres
     scores: dict[str, str]
+    built: list[str]  # uuids of the instances built through the controller
 
     def run(self, *cmd: str, timeout: float = 120) -> str:
         return self.container.run(list(cmd), timeout=timeout).stdout
@@ -109,6 +132,33 @@ class Machine:
         status, _, text = out.partition("\n")
         return int(status), json.loads(text) if text.strip() else None
 
+    def metric(self, url: str, name: str) -> float | None:
+        """One sample of a Prometheus endpoint inside the container (None: not there)."""
+        script = (
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+        )
+        text = self.container.run(["python3", "-c", script, url], check=False).stdout
+        found = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})?\s+(\S+)$", text, re.MULTILINE)
+        return float(found.group(1)) if found else None
+
+    def wait_done(self, uuids: list[str], timeout: float) -> dict[str, dict[str, object]]:
+        """GET each instance until none has a task in flight; their last views."""
+        deadline = time.monotonic() + timeout
+        views: dict[str, dict[str, object]] = {}
+        pending = list(uuids)
+        while pending:
+            for uuid in list(pending):
+                status, inst = self.api("GET", f"/v1/instances/{uuid}")
+                assert status == 200 and isinstance(inst, dict), inst
+                views[uuid] = inst
+                if inst["task"] is None and inst["state"] in ("running", "error"):
+                    pending.remove(uuid)
+            assert time.monotonic() < deadline, f"not done after {timeout} s: " + str(
+                [views[u] for u in pending]
+            )
+            time.sleep(0.5)
+        return views
+
     def journal(self, unit: str, since: str | None = None) -> list[dict[str, object]]:
         cmd = ["journalctl", "--no-pager", "-o", "json", "-u", unit]
         if since:
@@ -120,7 +170,9 @@ class Machine:
         return out.strip().rpartition("-- cursor: ")[2]
 
 
-def write_configs(etc: Path, scope: BrokerScope, host: str, topic: str, queue: str) -> None:
+def write_configs(
+    etc: Path, scope: BrokerScope, host: str, topic: str, queue: str, database_url: str
+) -> None:
     """/etc/agents/*.conf as the operator edits them, before install.sh (which keeps them)."""
     etc.mkdir(parents=True, exist_ok=True)
     samples = {p.name: p.read_text() for p in (REPO / "etc").glob("*.conf")}
@@ -140,6 +192,9 @@ def write_configs(etc: Path, scope: BrokerScope, host: str, topic: str, queue: s
         f"events_queue = {queue}\n",
         "controller.conf",
     )
+    controller = edit(
+        controller, "database_url =\n", f"database_url = {database_url}\n", "controller.conf"
+    )
     compute = samples["compute-agent.conf"]
     compute = edit(compute, "#host = node1\n", f"host = {host}\n", "compute-agent.conf")
     compute = edit(
@@ -149,6 +204,9 @@ def write_configs(etc: Path, scope: BrokerScope, host: str, topic: str, queue: s
         "compute-agent.conf",
     )
     compute = edit(compute, "domain_type = qemu\n", "domain_type = test\n", "compute-agent.conf")
+    compute = edit(
+        compute, "stop_grace = 20\n", f"stop_grace = {STOP_GRACE}\n", "compute-agent.conf"
+    )
     l2 = edit(samples["l2-agent.conf"], "#host = node1\n", f"host = {host}\n", "l2-agent.conf")
     for name, text in {
         "shared.conf": shared,
@@ -187,14 +245,23 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     logs = tmp_path_factory.mktemp("pid1")
     overlay: Overlay | None = None
     container: Container | None = None
+    database: ScratchPostgres | None = None
     relays: list[Relay] = []
     try:
+        try:
+            database = ScratchPostgres.create(PG_ADMIN, prefix="pid1_")
+        except LabError as err:
+            pytest.fail(
+                f"{err}: the pid1 test needs the machine's PostgreSQL on 127.0.0.1:5432 "
+                "(user postgres, trust on loopback), as the functional tests do",
+                pytrace=False,
+            )
         lower = nspawn.pid1_root()
         with timed("pid1: prepare a throwaway copy"):
             overlay = Overlay(lower)
             root = overlay.root
             nspawn.copy_checkout(root / "root/agents")
-            write_configs(root / "etc/agents", scope, host, topic, events_queue)
+            write_configs(root / "etc/agents", scope, host, topic, events_queue, database.url)
             binds_ro = nspawn.carry_pip_setup(root)
         pip_cache = nspawn.CACHE / "pip"
         pip_cache.mkdir(parents=True, exist_ok=True)
@@ -210,6 +277,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         relays.append(proxy)
         broker = Relay(container.netns, forwards=[BROKER]).start()
         relays.append(broker)
+        # a relay of its own: the READY checks take the broker away, never the database
+        relays.append(Relay(container.netns, forwards=[POSTGRES]).start())
         with timed("pid1: tools/install.sh inside"):
             env = {**nspawn.pip_environment(), **nspawn.proxy_env()}
             out = container.run(["bash", "/root/agents/tools/install.sh"], env=env, timeout=900)
@@ -219,7 +288,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
         container.run(
             ["qemu-img", "create", "-q", "-f", "qcow2", "/var/lib/agents/images/tiny.qcow2", "16M"]
         )
-        yield Machine(container, host, broker, scores={})
+        yield Machine(container, host, broker, database, scores={}, built=[])
     finally:
         with timed("pid1: power off and clean up"):
             if container is not None:
@@ -228,10 +297,15 @@ def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
                 relay.stop()
             if overlay is not None:
                 overlay.remove()
-            scope.cleanup()
-            left = sweep_queues(scope.suffix, scope.exchange)
-            if left:
-                nspawn.note(f"[pid1] deleted queues BrokerScope did not know of: {left}")
+            try:
+                if database is not None:  # WITH (FORCE): sessions of a killed run too
+                    database.drop()
+                    assert not database.exists(), f"database {database.name} not dropped"
+            finally:
+                scope.cleanup()
+                left = sweep_queues(scope.suffix, scope.exchange)
+                if left:
+                    nspawn.note(f"[pid1] deleted queues BrokerScope did not know of: {left}")
 
 
 def test_install_started_the_controller(machine: Machine) -> None:
@@ -391,26 +465,10 @@ def wait_active(machine: Machine, unit: str, timeout: float) -> dict[str, str]:
         time.sleep(0.3)
 
 
-def test_journal_has_the_json_fields_of_a_build(machine: Machine) -> None:
-    """A build asked of the controller shows up in journalctl -o json -u compute-agent."""
-    with timed("pid1: build through the controller, read the journal"):
-        status, body = machine.api("POST", "/v1/instances", {"host": machine.host})
-        assert status == 202, body
-        assert isinstance(body, dict)
-        request_id = body["request_id"]
-        instance = body["instances"][0]["uuid"]
-        deadline = time.monotonic() + 90
-        while True:
-            status, inst = machine.api("GET", f"/v1/instances/{instance}")
-            assert status == 200, inst
-            assert isinstance(inst, dict)
-            if inst["task"] is None and inst["state"] in ("running", "error"):
-                break
-            assert time.monotonic() < deadline, f"build not done after 90 s: {inst}"
-            time.sleep(0.5)
-        assert inst["state"] == "running", inst
-
-        entries = machine.journal("compute-agent.service")
+def json_lines(
+    entries: list[dict[str, object]],
+) -> list[tuple[dict[str, object], dict[str, object]]]:
+    """(journal entry, its MESSAGE parsed) of the entries whose MESSAGE is a JSON object."""
     structured = []
     for entry in entries:
         message = entry.get("MESSAGE")
@@ -422,6 +480,29 @@ def test_journal_has_the_json_fields_of_a_build(machine: Machine) -> None:
             continue
         if isinstance(line, dict):
             structured.append((entry, line))
+    return structured
+
+
+# journald's PRIORITY of each level common/logging.py writes (the `<N>` prefix)
+PRIORITY = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
+
+
+def test_journal_has_the_json_fields_of_a_build(machine: Machine) -> None:
+    """A build asked of the controller shows up in `journalctl -o json` of each unit: the
+    compute-agent's lines carry its request_id and instance_uuid, the l2-agent's (which
+    wires its port) its request_id; every line is filed at its level's PRIORITY."""
+    with timed("pid1: build through the controller, read the journal"):
+        status, body = machine.api("POST", "/v1/instances", {"host": machine.host})
+        assert status == 202, body
+        assert isinstance(body, dict)
+        request_id = body["request_id"]
+        instance = body["instances"][0]["uuid"]
+        inst = machine.wait_done([instance], timeout=90)[instance]
+        assert inst["state"] == "running", inst
+        machine.built.append(instance)
+        journals = {unit: json_lines(machine.journal(unit)) for unit in UNITS}
+
+    structured = journals["compute-agent.service"]
     assert structured, "no JSON line of the compute-agent in the journal"
     ours = [line for _, line in structured if line.get("request_id") == request_id]
     assert ours, f"no journal line with request_id {request_id}"
@@ -436,12 +517,89 @@ def test_journal_has_the_json_fields_of_a_build(machine: Machine) -> None:
     assert "REQUEST_ID" not in entry
     fields = sorted(k for k in entry if not k.startswith("__"))
     nspawn.note(f"[pid1] journal fields of such a line: {fields}")
+
+    # The l2-agent wired the build's port: its lines of that work carry the request_id
+    # (and the port_id), bound at message entry (agents/l2/endpoint.py).
+    l2 = [line for _, line in journals["l2-agent.service"] if line.get("request_id") == request_id]
+    assert l2, f"no l2-agent journal line with request_id {request_id}"
+    assert any(line.get("event") == "port_plugged" and line.get("port_id") for line in l2), l2
+    # The controller's lines of the same request: the API's canonical `request` lines
+    # (the GETs name the instance in their path).
+    controller = [line for _, line in journals[CONTROLLER]]
+    assert controller, "no JSON line of the controller in the journal"
+    assert any(
+        line.get("event") == "request"
+        and line.get("method") == "POST"
+        and line.get("path") == "/v1/instances"
+        and line.get("status") == 202
+        for line in controller
+    ), controller[-20:]
+    assert any(line.get("path") == f"/v1/instances/{instance}" for line in controller)
+    for unit, lines in journals.items():
+        keys = [
+            key
+            for key, value in (("request_id", request_id), ("instance_uuid", instance))
+            if any(line.get(key) == value for _, line in lines)
+        ]
+        nspawn.note(f"[pid1] {unit}: JSON lines naming this build: {keys or 'none'}")
+
     # Each line carries its level as journald's PRIORITY (the `<N>` prefix is stripped),
-    # so `journalctl -p warning` finds the daemons' warnings and errors.
-    levels = {(line.get("level"), e.get("PRIORITY")) for e, line in structured}
-    assert ("info", "6") in levels, levels
-    assert all(prio == {"debug": "7", "info": "6", "warning": "4", "error": "3"}.get(str(lvl), prio)
-               for lvl, prio in levels), levels  # fmt: skip
+    # so `journalctl -p warning` finds the daemons' warnings and errors. The READY checks
+    # above left warnings (broker_connect_failed, waiting_for_broker).
+    warnings = 0
+    for unit, lines in journals.items():
+        seen: dict[tuple[str, str], int] = {}
+        for e, line in lines:
+            pair = (str(line.get("level")), str(e.get("PRIORITY")))
+            seen[pair] = seen.get(pair, 0) + 1
+        wrong = {pair: n for pair, n in seen.items() if PRIORITY.get(pair[0], pair[1]) != pair[1]}
+        assert not wrong, f"{unit}: level filed at another PRIORITY: {wrong}"
+        assert ("info", "6") in seen, (unit, seen)
+        warnings += seen.get(("warning", "4"), 0)
+        loud = sorted(
+            {
+                f"{line.get('level')}:{line.get('event')}"
+                for _, line in lines
+                if line.get("level") not in ("debug", "info")
+            }
+        )
+        nspawn.note(f"[pid1] {unit}: (level, PRIORITY) of its JSON lines: {seen}, {loud}")
+    assert warnings, "no warning line in any unit's journal: PRIORITY=4 never seen"
+
+
+def test_controller_keeps_its_state_in_the_machines_postgresql(machine: Machine) -> None:
+    """database_url names the scratch database; the controller inside reaches it through
+    relay.py. Its start says so, the build above is a row there, no SQLite file exists."""
+    import psycopg
+
+    name = machine.database.name
+    lines = [line for _, line in json_lines(machine.journal(CONTROLLER))]
+    ready = [line for line in lines if line.get("event") == "database_ready"]
+    assert ready, "no database_ready line of the controller"
+    url = str(ready[-1].get("url"))
+    assert url == f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", ready[-1]
+    nspawn.note(f"[pid1] controller: database_ready {url} revision {ready[-1].get('revision')}")
+    sqlite = machine.container.run(
+        ["bash", "-c", "ls /var/lib/agents/controller/*.sqlite*"], check=False
+    )
+    assert sqlite.returncode != 0, f"a SQLite file besides PostgreSQL: {sqlite.stdout}"
+    assert machine.built, "no instance was built"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(dsn, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT uuid::text, state, task, host FROM instances WHERE uuid::text = ANY(%s)",
+            (machine.built,),
+        ).fetchall()
+        sessions = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchone()
+    assert sorted(r[0] for r in rows) == sorted(machine.built), rows
+    assert all(r[1:] == ("running", None, machine.host) for r in rows), rows
+    nspawn.note(
+        f"[pid1] PostgreSQL database {name}: {len(rows)} instance row(s) running; "
+        f"{sessions[0] if sessions else 0} session(s) of the controller"
+    )
 
 
 def test_l2_agent_has_only_cap_net_admin(machine: Machine) -> None:
@@ -517,6 +675,111 @@ def test_frozen_daemon_is_killed_by_the_watchdog_and_restarted(machine: Machine)
 def test_killed_daemon_is_restarted(machine: Machine) -> None:
     with timed("pid1: SIGKILL -> restart, all three"):
         _kill_and_wait_restart(machine, "KILL", "Failed with result 'signal'")
+
+
+def test_stop_hands_builds_in_flight_back(machine: Machine) -> None:
+    """`systemctl stop compute-agent` with builds in flight: exit 0 within TimeoutStopSec,
+    each build handed back and kept in the agent's journal; after `systemctl start`
+    every one of them ends running, none failed.
+
+    The l2-agent is stopped first, so the builds wait for their ports (vif_plugged)
+    until the drain's grace ([compute] stop_grace) is over. The compute-agent is started
+    again before the l2-agent: it replays its journal and listens for vif events, then
+    the l2-agent takes the port_created casts waiting in its queue and wires the ports.
+    """
+    compute = "compute-agent.service"
+    journal_dir = f"/var/lib/agents/compute-agent/{machine.host}/journal"
+    metric = "compute_agent_builds_in_flight"
+
+    def journal_entries() -> list[str]:
+        out = machine.run("find", journal_dir, "-maxdepth", "1", "-name", "*.json")
+        return sorted(Path(line).name for line in out.split())
+
+    assert not journal_entries(), "the agent's journal is not empty before the builds"
+    limit = machine.show(compute, "TimeoutStopUSec")["TimeoutStopUSec"]
+    with timed(f"pid1: {IN_FLIGHT} builds in flight, stop, start, all running"):
+        machine.run("systemctl", "stop", "l2-agent.service", timeout=120)
+        status, body = machine.api(
+            "POST", "/v1/instances", {"host": machine.host, "count": IN_FLIGHT}
+        )
+        assert status == 202, body
+        assert isinstance(body, dict)
+        uuids = [str(i["uuid"]) for i in body["instances"]]
+        deadline = time.monotonic() + 60
+        while machine.metric(COMPUTE_METRICS, metric) != IN_FLIGHT or (
+            len(journal_entries()) != IN_FLIGHT
+        ):
+            assert time.monotonic() < deadline, (
+                f"{IN_FLIGHT} builds not in flight after 60 s: {metric} "
+                f"{machine.metric(COMPUTE_METRICS, metric)}, journal {journal_entries()}\n"
+                + machine.log(compute)
+            )
+            time.sleep(0.3)
+        for uuid in uuids:
+            status, inst = machine.api("GET", f"/v1/instances/{uuid}")
+            assert status == 200 and isinstance(inst, dict), inst
+            assert inst["task"] == "create", inst
+
+        cursor = machine.cursor()
+        began = time.monotonic()
+        machine.run("systemctl", "stop", compute, timeout=120)
+        took = time.monotonic() - began
+        s = machine.show(compute, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+        nspawn.note(
+            f"[pid1] systemctl stop {compute} with {IN_FLIGHT} builds waiting for their ports: "
+            f"{took:.1f} s (stop_grace={STOP_GRACE} s, TimeoutStopSec={limit}) {s}"
+        )
+        assert (s["ActiveState"], s["Result"], s["ExecMainCode"], s["ExecMainStatus"]) == (
+            "inactive",
+            "success",
+            "1",
+            "0",
+        ), s
+        assert STOP_GRACE - 1 <= took < _seconds(limit), (took, limit)
+        stopped = [line for _, line in json_lines(machine.journal(compute, since=cursor))]
+        drained = [line for line in stopped if line.get("event") == "draining_builds"]
+        assert drained and drained[0].get("in_flight") == IN_FLIGHT, drained or stopped
+        handed = {
+            str(line.get("instance_uuid"))
+            for line in stopped
+            if line.get("event") == "build_handed_back"
+        }
+        assert handed == set(uuids), (handed, uuids, stopped[-30:])
+        assert not [line for line in stopped if line.get("event") == "build_failed"], stopped
+        kept = journal_entries()
+        assert len(kept) == IN_FLIGHT and all("build_instance" in n for n in kept), kept
+        nspawn.note(f"[pid1] left in {journal_dir}: {len(kept)} build_instance entries")
+
+        cursor = machine.cursor()
+        began = time.monotonic()
+        machine.run("systemctl", "start", compute, timeout=180)
+        wait_active(machine, compute, timeout=120)
+        machine.run("systemctl", "start", "l2-agent.service", timeout=180)
+        wait_active(machine, "l2-agent.service", timeout=120)
+        views = machine.wait_done(uuids, timeout=120)
+        back = time.monotonic() - began
+    states = {uuid: (v["state"], v.get("fault")) for uuid, v in views.items()}
+    assert all(state == ("running", None) for state in states.values()), states
+    machine.built.extend(uuids)
+    started = [line for _, line in json_lines(machine.journal(compute, since=cursor))]
+    replayed = [line for line in started if line.get("event") == "journal_replayed"]
+    assert replayed and replayed[0].get("entries") == IN_FLIGHT, replayed or started[-30:]
+    done = {str(line.get("instance_uuid")) for line in started if line.get("event") == "build_done"}
+    assert done == set(uuids), (done, uuids)
+    deadline = time.monotonic() + 15  # the entry of a build is removed once it ended
+    while journal_entries():
+        assert time.monotonic() < deadline, f"left in the journal: {journal_entries()}"
+        time.sleep(0.3)
+    for uuid in uuids:
+        status, timeline = machine.api("GET", f"/v1/instances/{uuid}/timeline")
+        assert status == 200 and isinstance(timeline, dict), timeline
+        kinds = [str(e.get("event")) for e in timeline["events"]]
+        assert "instance.create.handed_back" in kinds, kinds
+        assert "instance.create.error" not in kinds, kinds
+    nspawn.note(
+        f"[pid1] {compute} started again: journal replayed {IN_FLIGHT} builds, all running "
+        f"{back:.1f} s after the start (the l2-agent started after it)"
+    )
 
 
 def test_stop_ends_each_within_its_timeout(machine: Machine) -> None:
