@@ -446,9 +446,23 @@ class L2Manager:
             )
         else:
             # A record set aside as corrupt, or none where one was expected: nothing is
-            # proven gone, so nothing is deleted until an operator looks.
+            # proven gone, so nothing is deleted until an operator looks. A first start
+            # on a host with no device named like ours has nothing to look at.
             removed, kept = [], []
-            log.error("reconcile_deletions_stopped", reason=self._store.distrust_reason())
+            reason = self._store.distrust_reason()
+            named_like_ours = sorted(
+                name
+                for name in snapshot
+                if names.owns_tap(name) or names.owns_bridge(name) or names.owns_vxlan(name)
+            )
+            if self._store.created and not self._store.set_aside() and not named_like_ours:
+                log.info("record_directory_created", directory=str(self._store.directory))
+            else:
+                log.error(
+                    "reconcile_deletions_stopped",
+                    reason=reason,
+                    devices_named_like_ours=len(named_like_ours),
+                )
         elapsed = self._clock() - started
         self._metrics.reconcile.labels(action="replugged").inc(replugged)
         self._metrics.reconcile.labels(action="failed").inc(failed)

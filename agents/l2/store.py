@@ -152,8 +152,12 @@ class PortStore:
         or when a record had to be set aside as corrupt."""
         return self.distrust_reason() is None
 
+    def set_aside(self) -> list[str]:
+        """The records set aside as corrupt (`*.corrupt`), by name."""
+        return sorted(p.name for p in self.directory.glob("*.corrupt"))
+
     def distrust_reason(self) -> str | None:
-        corrupt = sorted(p.name for p in self.directory.glob("*.corrupt"))
+        corrupt = self.set_aside()
         if corrupt:
             return f"records set aside as corrupt: {', '.join(corrupt[:5])}"
         if self.created:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from agents.l2.manager import L2Manager
 from agents.l2.metrics import L2Metrics
@@ -279,6 +280,28 @@ def test_a_corrupt_record_stops_every_deletion(rig: Rig) -> None:
     report = fresh.manager.reconcile()
     assert report.removed_devices == ()
     assert tap(gone) in fresh.links.by_name
+
+
+def test_a_new_record_directory_stops_deletions_and_says_so_only_when_it_matters(
+    tmp_path: Path,
+) -> None:
+    """A record directory made at this start (a first start, or a changed host name or
+    state_dir): nothing is deleted. That is an error worth an operator's look when
+    devices named like ours are there, and a plain first start when none is."""
+    with structlog.testing.capture_logs() as first:
+        Rig(tmp_path / "a").manager.reconcile()
+    assert [e["event"] for e in first if e["log_level"] == "error"] == []
+    assert any(e["event"] == "record_directory_created" for e in first)
+
+    links = FakeLinks()
+    stray = f"tap{str(uuid.uuid4())[:11]}"
+    links.add_tap(stray)
+    with structlog.testing.capture_logs() as moved:
+        report = Rig(tmp_path / "b", links=links).manager.reconcile()
+    stopped = [e for e in moved if e["event"] == "reconcile_deletions_stopped"]
+    assert stopped and stopped[0]["log_level"] == "error"
+    assert stopped[0]["devices_named_like_ours"] == 1
+    assert report.removed_devices == () and stray in links.by_name
 
 
 def test_reconcile_prunes_old_tombstones(tmp_path: Path) -> None:
