@@ -296,6 +296,7 @@ def make_app(ctx: Context) -> FastAPI:
         if accepted.replayed:
             response.status_code = 200
         else:
+            _log_accepted(accepted.response)
             ctx.bus.publish(accepted.casts)
         return accepted.response
 
@@ -320,12 +321,14 @@ def make_app(ctx: Context) -> FastAPI:
     @app.delete("/v1/instances/{ref}", status_code=202, dependencies=[v1])
     def delete(ref: str) -> dict[str, Any]:
         accepted = ctx.store.delete(_ref(ref))
+        _log_accepted(accepted.response)
         ctx.bus.publish(accepted.casts)
         return accepted.response
 
     @app.post("/v1/instances/{ref}/reboot", status_code=202, dependencies=[v1])
     def reboot(ref: str, body: RebootBody | None = None) -> dict[str, Any]:
         accepted = ctx.store.reboot(_ref(ref), hard=body.hard if body else False)
+        _log_accepted(accepted.response)
         ctx.bus.publish(accepted.casts)
         return accepted.response
 
@@ -457,6 +460,20 @@ def _ref(ref: str) -> str:
     if len(ref) > 63 and len(ref) != 36:
         raise errors.RequestInvalid(field="instance", value=ref[:80], problem="is too long")
     return ref
+
+
+def _log_accepted(response: dict[str, Any]) -> None:
+    """One line per instance of an accepted request, with the ids operators search the
+    journal for (`request_id`, `instance_uuid`), as the agents' lines carry them."""
+    for inst in response.get("instances", ()):
+        log.info(
+            "operation_accepted",
+            operation=response.get("operation"),
+            request_id=response.get("request_id"),
+            instance_uuid=inst.get("uuid"),
+            instance=inst.get("name"),
+            host=inst.get("host"),
+        )
 
 
 def _names(base: str | None, count: int, rng: random.Random) -> list[str]:

@@ -118,9 +118,12 @@ class L2Endpoint(AgentEndpoint):
 
     def _run(self, method: str, msg: PortMessage, received: float, _ticket: Ticket) -> None:
         port_id = _port_id(msg)
+        port = getattr(msg, "port", None)  # a delete names the port only
+        instance_uuid = port.instance_uuid if port is not None else None
         with structlog.contextvars.bound_contextvars(
             request_id=msg.request_id,
             port_id=str(port_id),
+            instance_uuid=str(instance_uuid) if instance_uuid else None,
             method=method,
         ):
             try:

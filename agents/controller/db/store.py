@@ -460,6 +460,10 @@ class Store:
         op.fault = fault
         op.updated_at = now
         op.finished_at = now
+        # for a log line once the transaction commits (Records.apply_batch)
+        s.info.setdefault("finished", []).append(
+            (op.id, op.kind, op.request_id, op.instance_uuid, state, fault)
+        )
         self.add_event(
             s,
             now,

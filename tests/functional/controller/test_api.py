@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 from fastapi.testclient import TestClient
 
 from agents.controller.api import Context, make_app
@@ -27,7 +28,7 @@ from agents.controller.settings import ControllerConfig
 from agents.controller.tokens import Tokens, add
 from agents.lab.procs import REPO
 from common.config import load
-from common.messages import AgentHeartbeat
+from common.messages import AgentHeartbeat, InstanceEvent
 from common.rpc import Messaging
 from tests.conftest import BrokerScope
 
@@ -235,3 +236,33 @@ def test_openapi_and_health(api: tuple[TestClient, Store]) -> None:
     assert "m1.tiny" in flavors
     nets = client.get("/v1/networks").json()
     assert {"net1", "provider"} <= {n["name"] for n in nets}
+
+
+def test_each_operation_is_logged_with_the_ids_operators_search_for(
+    api: tuple[TestClient, Store],
+) -> None:
+    """The controller's journal carries request_id and instance_uuid like the agents':
+    a line per instance when a request is accepted, one when its operation ends."""
+    client, store = api
+    host = client.host_name  # type: ignore[attr-defined]
+    with structlog.testing.capture_logs() as logs:
+        body = client.post("/v1/instances", json={"name": "lg", "count": 2, "host": host}).json()
+        rid = body["request_id"]
+        for inst in body["instances"]:
+            Records(store).apply(
+                "instance.create.end",
+                InstanceEvent(
+                    request_id=rid, host=host, instance_uuid=inst["uuid"], state="running"
+                ),
+            )
+    uuids = sorted(i["uuid"] for i in body["instances"])
+    accepted = [e for e in logs if e["event"] == "operation_accepted"]
+    finished = [e for e in logs if e["event"] == "operation_finished"]
+    assert sorted(e["instance_uuid"] for e in accepted) == uuids
+    assert {(e["operation"], e["request_id"], e["host"]) for e in accepted} == {
+        ("create", rid, host)
+    }
+    assert sorted(e["instance_uuid"] for e in finished) == uuids
+    assert {(e["operation"], e["request_id"], e["state"]) for e in finished} == {
+        ("create", rid, "done")
+    }

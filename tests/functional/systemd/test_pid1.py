@@ -518,15 +518,28 @@ def test_journal_has_the_json_fields_of_a_build(machine: Machine) -> None:
     fields = sorted(k for k in entry if not k.startswith("__"))
     nspawn.note(f"[pid1] journal fields of such a line: {fields}")
 
-    # The l2-agent wired the build's port: its lines of that work carry the request_id
-    # (and the port_id), bound at message entry (agents/l2/endpoint.py).
+    # The l2-agent wired the build's port: its lines of that work carry the request_id,
+    # the port_id and the instance_uuid, bound at message entry (agents/l2/endpoint.py).
     l2 = [line for _, line in journals["l2-agent.service"] if line.get("request_id") == request_id]
     assert l2, f"no l2-agent journal line with request_id {request_id}"
-    assert any(line.get("event") == "port_plugged" and line.get("port_id") for line in l2), l2
-    # The controller's lines of the same request: the API's canonical `request` lines
+    assert any(
+        line.get("event") == "port_plugged"
+        and line.get("port_id")
+        and line.get("instance_uuid") == instance
+        for line in l2
+    ), l2
+    # The controller's lines of the same request: one when it was accepted and one when
+    # its operation ended, each with both ids, and the API's canonical `request` lines
     # (the GETs name the instance in their path).
     controller = [line for _, line in journals[CONTROLLER]]
     assert controller, "no JSON line of the controller in the journal"
+    for event in ("operation_accepted", "operation_finished"):
+        assert any(
+            line.get("event") == event
+            and line.get("request_id") == request_id
+            and line.get("instance_uuid") == instance
+            for line in controller
+        ), (event, controller[-20:])
     assert any(
         line.get("event") == "request"
         and line.get("method") == "POST"
