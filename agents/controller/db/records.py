@@ -136,15 +136,20 @@ class Records:
             if isinstance(p, InstanceEvent | VifEvent) and p.instance_uuid is not None
         }
         if port_ids:
-            uuids.update(
-                str(u) for u in s.scalars(select(Port.instance_uuid).where(Port.id.in_(port_ids)))
-            )
-            uuids.update(
-                str(u)
-                for u in s.scalars(
-                    select(ReleasedPort.instance_uuid).where(ReleasedPort.id.in_(port_ids))
+            found = {
+                str(row.id): str(row.instance_uuid)
+                for row in s.execute(
+                    select(Port.id, Port.instance_uuid).where(Port.id.in_(port_ids))
                 )
-            )
+            }
+            uuids.update(found.values())
+            if missing := port_ids - set(found):  # released already
+                uuids.update(
+                    str(u)
+                    for u in s.scalars(
+                        select(ReleasedPort.instance_uuid).where(ReleasedPort.id.in_(missing))
+                    )
+                )
         if not uuids:
             return
         locked = list(
