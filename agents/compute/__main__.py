@@ -32,8 +32,8 @@ from common.service import run
 from common.workers import KeyedSerialExecutor
 
 PROG = "compute-agent"
-# One sender batching everything queued beat two here (2 cores, GIL): 175-211 against
-# 167-172 builds/s at concurrency 10; one channel also keeps every event in order.
+# One sender batching everything queued: one channel keeps every event in order, and a
+# second sender mostly adds GIL contention (bench/compute_bench.py measures both).
 NOTIFY_SENDERS = 1
 
 

@@ -133,7 +133,8 @@ def get_guest_config(
         metadata=instance_metadata(spec, flavor, paths, request_id),
     )
     # Only KVM can pass the host CPU through; under TCG (and the test driver) QEMU's
-    # default model is the one that works (docs/platform.md: no usable KVM here).
+    # default model is the one that works (where KVM is absent or unusable:
+    # docs/platform.md).
     guest.cpu = Cpu(mode="host-passthrough") if domain_type == "kvm" else None
     # ACPI: without it QEMU's i440fx bus refuses PCI hot-unplug ("Bus 'pci.0' does not
     # support hotplugging"), so a NIC could never be re-plugged onto a re-created tap

@@ -3,7 +3,7 @@
 It owns the names, types, defaults and bounds of the compute-agent's options. It must
 not read files itself (common.config.load does that) nor keep module-level state.
 The domain type is always taken from config, never guessed from host capabilities:
-this project's machines advertise `kvm` that hangs (docs/platform.md).
+a host may advertise a `kvm` that hangs (docs/platform.md).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def translate(
         return DeviceNotFound(device=device, namespace=namespace or "(own)")
     if op == "add" and kind is not None and code == errnos.EOPNOTSUPP:
         # "Unknown device type": the kernel has no driver for this link kind
-        # (this machine has no 8021q module, docs/platform.md).
+        # (a kernel without the 8021q module, for instance: docs/platform.md).
         return KernelFeatureMissing(
             device=device, feature=_FEATURES.get(kind, f"{kind} links"), errno=code, problem=problem
         )

@@ -8,8 +8,8 @@ never a torn one. One file per port keeps a write O(1) however many ports the ho
 
 Durability against a power cut is batched: a flusher thread fsyncs the files written
 since its last round and then the directory, so a burst of writes shares one round
-instead of paying two fsyncs each on the plug path (about 8 ms on this machine's disk
-under load). A power cut can lose the last fraction of a second of changes, or leave a
+instead of paying two fsyncs each on the plug path (milliseconds each on a loaded
+disk). A power cut can lose the last fraction of a second of changes, or leave a
 just-written file empty; `load()` sets such a file aside and the start-up reconcile
 goes on (after a power cut the kernel's links are gone too and are rebuilt from the
 record).
