@@ -116,6 +116,49 @@ if ! command -v rabbitmqctl >/dev/null; then
     exit 1
 fi
 
+# PostgreSQL, for the tests (controller replicas on one database, migrations on it, the
+# pid1 test); the controller itself defaults to SQLite and the quickstart needs none. On
+# the project's machines a server answers on 127.0.0.1:5432 (user postgres, trust) and is
+# used as it is. Where nothing answers (a fresh machine), Debian's postgresql is installed
+# and started, and TCP connections of user postgres from 127.0.0.1 are trusted, as the
+# tests connect: a test machine's setting, never one for a shared host.
+# AGENTS_SETUP_POSTGRES=0 skips this.
+pg_answers() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if [ "${AGENTS_SETUP_POSTGRES:-1}" = 1 ] && ! pg_answers; then
+    if ! dpkg-query -W -f='${Status}' postgresql 2>/dev/null | grep -q "install ok installed"; then
+        echo "setup.sh: nothing answers on 127.0.0.1:5432: installing Debian's postgresql"
+        apt_install postgresql
+    fi
+    for hba in /etc/postgresql/*/main/pg_hba.conf; do
+        [ -f "$hba" ] || continue
+        if ! grep -q "^# agents tools/setup.sh" "$hba"; then
+            # first match wins in pg_hba.conf: the line goes on top
+            printf '%s\n%s\n' "# agents tools/setup.sh: the tests connect as postgres over TCP" \
+                "host all postgres 127.0.0.1/32 trust" | cat - "$hba" > "$hba.agents" \
+                && cat "$hba.agents" > "$hba" && rm -f "$hba.agents"
+        fi
+    done
+    echo "setup.sh: starting postgresql"
+    if [ -d /run/systemd/system ]; then
+        systemctl enable postgresql.service >/dev/null 2>&1 || true
+        systemctl restart postgresql.service
+    else
+        for conf in /etc/postgresql/*/main; do
+            version="$(basename "$(dirname "$conf")")"
+            pg_ctlcluster "$version" main restart || pg_ctlcluster "$version" main start
+        done
+    fi
+    for _ in $(seq 1 60); do
+        pg_answers && break
+        sleep 1
+    done
+    if ! pg_answers; then
+        echo "setup.sh: postgresql does not answer on 127.0.0.1:5432 after 60 s" >&2
+        exit 1
+    fi
+    echo "setup.sh: postgresql answers on 127.0.0.1:5432"
+fi
+
 # Older versions published agent events under `agents_events.<priority>` and declared
 # those queues (at first without bounds). Events now carry their host in the routing
 # key and the controller reads its own queue, so nothing uses `agents_events.info` /

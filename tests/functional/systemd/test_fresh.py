@@ -112,6 +112,13 @@ def test_setup_programs_name_every_program_the_code_runs() -> None:
     )
 
 
+PG_CHECK = (
+    "import psycopg\n"
+    "with psycopg.connect('postgresql://postgres@127.0.0.1:5432/postgres') as c:\n"
+    "    print(c.execute('SELECT 1').fetchone()[0])\n"
+)
+
+
 def missing_programs(container: Container, programs: list[str]) -> list[str]:
     # type -P: a file on PATH, not a shell builtin (kill) or function; as setup.sh checks
     script = 'for p in "$@"; do type -P "$p" >/dev/null || echo "$p"; done'
@@ -153,11 +160,12 @@ def test_setup_sh_on_a_fresh_debian12(tmp_path: Path) -> None:
         before = missing_programs(container, programs)
         nspawn.note(f"[fresh] missing before setup.sh: {' '.join(before)}")
         assert not nspawn.port_answers(container, 5672), "a broker answers before the set-up"
+        assert not nspawn.port_answers(container, 5432), "a database answers before the set-up"
         assert container.run(["test", "-x", "/usr/bin/python3"], check=False).returncode != 0, (
             "the base root is not fresh: python3 is installed"
         )
 
-        with timed("fresh: tools/setup.sh (apt, rabbitmq-server, venv)"):
+        with timed("fresh: tools/setup.sh (apt, rabbitmq-server, postgresql, venv)"):
             env = {**nspawn.pip_environment(), **nspawn.proxy_env()}
             result = container.run(
                 ["bash", "/root/agents/tools/setup.sh"], env=env, check=False, timeout=1500
@@ -187,7 +195,15 @@ def test_setup_sh_on_a_fresh_debian12(tmp_path: Path) -> None:
             active = container.run(["systemctl", "is-active", "rabbitmq-server"], check=False)
             assert active.stdout.strip() == "active", active.stdout + active.stderr
             assert "installing Debian's rabbitmq-server" in output, summary
-            container.run(["systemctl", "stop", "rabbitmq-server"], timeout=120)
+            # PostgreSQL as the tests connect to it: user postgres over TCP, no password
+            assert "installing Debian's postgresql" in output, summary
+            connected = container.run(
+                ["/root/agents/.venv/bin/python", "-c", PG_CHECK], check=False, timeout=120
+            )
+            assert connected.returncode == 0 and connected.stdout.strip() == "1", (
+                connected.stdout + connected.stderr
+            )
+            container.run(["systemctl", "stop", "rabbitmq-server", "postgresql"], timeout=120)
             assert not nspawn.port_answers(container, 5672)
     finally:
         with timed("fresh: power off and clean up"):
