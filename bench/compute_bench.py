@@ -346,7 +346,7 @@ def _qemu_pids(marker: str) -> list[int]:
 
 
 def bench_tcg(args: argparse.Namespace) -> None:
-    from agents.lab.netns import NamespaceHost
+    from agents.lab.netns import NamespaceHost, wire_by_hand
 
     script = REPO / "tools" / "build-guest-image.sh"
     subprocess.run([str(script)], check=True, capture_output=True)
@@ -359,13 +359,7 @@ def bench_tcg(args: argparse.Namespace) -> None:
         spec = bench.spec(image="tiny", ip="10.10.0.10")
         port = spec.ports[0]
         tap, bridge = vif.tap_name(port.id), vif.bridge_name(port.network_id)
-        for cmd in (
-            ["ip", "link", "add", bridge, "type", "bridge"],
-            ["ip", "addr", "add", "10.10.0.1/24", "dev", bridge],
-            ["ip", "link", "set", bridge, "up"],
-            ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
-            ["ip", "link", "set", tap, "master", bridge, "up"],
-        ):
+        for cmd in wire_by_hand(tap, bridge, "10.10.0.1/24"):
             host.exec_check(cmd)
         proc = start_agent(
             config, tmp / "agent.log", bench.client, ["ip", "netns", "exec", host.name]

@@ -82,6 +82,15 @@ fi
 # installed and started: the quickstart and the tests need nothing else (guest/guest
 # works from loopback). tests/functional/systemd/test_fresh.py proves it in a container.
 broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+# wait_until SECONDS COMMAND: true as soon as COMMAND is, false after SECONDS
+wait_until() {
+    local seconds="$1"; shift
+    for _ in $(seq 1 "$seconds"); do
+        "$@" && return 0
+        sleep 1
+    done
+    "$@"
+}
 if ! broker_answers; then
     if ! dpkg-query -W -f='${Status}' rabbitmq-server 2>/dev/null | grep -q "install ok installed"; then
         echo "setup.sh: no broker answers on 127.0.0.1:5672: installing Debian's rabbitmq-server"
@@ -96,11 +105,7 @@ if ! broker_answers; then
             rabbitmq-server -detached || echo "setup.sh: WARNING: rabbitmq-server -detached failed" >&2
         fi
     fi
-    for _ in $(seq 1 120); do
-        broker_answers && break
-        sleep 1
-    done
-    if ! broker_answers; then
+    if ! wait_until 120 broker_answers; then
         echo "setup.sh: rabbitmq-server does not answer on 127.0.0.1:5672 after 120 s" >&2
         echo "setup.sh: see journalctl -u rabbitmq-server or /var/log/rabbitmq/" >&2
         exit 1
@@ -148,11 +153,7 @@ if [ "${AGENTS_SETUP_POSTGRES:-1}" = 1 ] && ! pg_answers; then
             pg_ctlcluster "$version" main restart || pg_ctlcluster "$version" main start
         done
     fi
-    for _ in $(seq 1 60); do
-        pg_answers && break
-        sleep 1
-    done
-    if ! pg_answers; then
+    if ! wait_until 60 pg_answers; then
         echo "setup.sh: postgresql does not answer on 127.0.0.1:5432 after 60 s" >&2
         exit 1
     fi

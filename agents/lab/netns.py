@@ -33,6 +33,19 @@ from agents.lab.procs import (
 )
 
 
+def wire_by_hand(tap: str, bridge: str, gateway: str) -> list[list[str]]:
+    """The `ip` commands that do what the l2-agent does on port_created for a flat port
+    (the bridge with `gateway`, e.g. 10.10.0.1/24, on it; the tap in it, up), for a
+    compute-agent measured or tested without an l2-agent."""
+    return [
+        ["ip", "link", "add", bridge, "type", "bridge"],
+        ["ip", "addr", "add", gateway, "dev", bridge],
+        ["ip", "link", "set", bridge, "up"],
+        ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+        ["ip", "link", "set", tap, "master", bridge, "up"],
+    ]
+
+
 def port_open(netns: str | None, port: int) -> bool:
     """Something accepts TCP connections on 127.0.0.1:`port` (inside `netns` if given)."""
     cmd = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]

@@ -19,6 +19,7 @@ import pytest
 
 from agents.compute import vif
 from agents.lab.lab import Lab
+from agents.lab.netns import wire_by_hand
 from agents.lab.procs import REPO, broker_available, wait_for
 from common.config import BaseConfig, load
 from common.messages import (
@@ -71,14 +72,7 @@ def test_tcg_guest_boots_reports_ready_and_answers_ping(lab: Lab) -> None:
     port = spec.ports[0]
     tap, bridge = vif.tap_name(port.id), vif.bridge_name(port.network_id)
     try:
-        # What the l2-agent would do on port_created.
-        for cmd in (
-            ["ip", "link", "add", bridge, "type", "bridge"],
-            ["ip", "addr", "add", "10.10.0.1/24", "dev", bridge],
-            ["ip", "link", "set", bridge, "up"],
-            ["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
-            ["ip", "link", "set", tap, "master", bridge, "up"],
-        ):
+        for cmd in wire_by_hand(tap, bridge, "10.10.0.1/24"):  # the l2-agent's part
             node.sh(*cmd)
         node.start(AGENT)  # returns once it consumes its RPC queue
         controller.plug(port)
