@@ -219,8 +219,13 @@ def rpc_queue_bounds(arguments: dict[str, Any] | None) -> dict[str, Any]:
 
 def _declares_with(conn: Any, consumer: Any, arguments: dict[str, Any]) -> bool:
     """Whether the broker takes `consumer`'s queue with `arguments`: False when it exists
-    with others (PRECONDITION_FAILED, which closes only the throwaway channel)."""
-    channel = conn.connection.channel()
+    with others (PRECONDITION_FAILED, which closes only the throwaway channel). Any other
+    failure (access refused, a connection lost) is left to oslo's own declare right
+    after, which retries, or reports it as the server's start failing."""
+    try:
+        channel = conn.connection.channel()
+    except Exception:
+        return True
     try:
         kombu.Queue(
             consumer.queue_name,
@@ -233,9 +238,7 @@ def _declares_with(conn: Any, consumer: Any, arguments: dict[str, Any]) -> bool:
         ).declare()
         return True
     except Exception as err:
-        if "PRECONDITION_FAILED" in str(err) or "inequivalent arg" in str(err):
-            return False
-        raise
+        return not ("PRECONDITION_FAILED" in str(err) or "inequivalent arg" in str(err))
     finally:
         with contextlib.suppress(Exception):
             channel.close()
