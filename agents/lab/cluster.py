@@ -484,6 +484,9 @@ class BrokerCluster:
         if self.pids():
             raise LabError(f"cluster {self.name}: processes {self.pids()} did not exit")
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir.parent == CLUSTER_STATE:  # the default root too, once no cluster is left
+            with contextlib.suppress(OSError):
+                CLUSTER_STATE.rmdir()
 
     def log(self, node: BrokerNode, chars: int = 4000) -> str:
         logs = sorted((node.dir / "log").glob("*.log"))
