@@ -9,7 +9,6 @@ idempotency, the event stream replaying from the database.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,66 +18,36 @@ import pytest
 import structlog.testing
 from fastapi.testclient import TestClient
 
-from agents.controller.api import Context, make_app
-from agents.controller.bus import Bus, Hub
-from agents.controller.db.engine import Database
 from agents.controller.db.records import Records
 from agents.controller.db.store import Store
-from agents.controller.settings import ControllerConfig
-from agents.controller.tokens import Tokens, add
-from agents.lab.procs import REPO
-from common.config import load
+from agents.controller.tokens import add
 from common.messages import AgentHeartbeat, InstanceEvent
-from common.rpc import Messaging
 from tests.conftest import BrokerScope
+from tests.functional.controller.conftest import in_process_api
 
 pytestmark = pytest.mark.functional
 
 
 @pytest.fixture
 def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[tuple[TestClient, Store]]:
-    shared = tmp_path / "shared.conf"
-    shared.write_text(
-        (REPO / "etc" / "shared.conf")
-        .read_text()
-        .replace("control_exchange = agents", f"control_exchange = {broker_scope.exchange}")
-    )
-    config = load(ControllerConfig, [shared])
-    db = Database(f"sqlite:///{tmp_path / 'c.sqlite'}")
-    db.upgrade()
-    store = Store(db, agent_down_time=60)
-    store.sync_networks(config.networks.values())
-    messaging = Messaging(config.messaging)
-    hub = Hub()
-    tokens_file = tmp_path / "tokens"
-    secret = add(tokens_file, "admin", "test")
-    ctx = Context(
-        config=config,
-        store=store,
-        bus=Bus(messaging, store, hub, call_timeout=2),
-        hub=hub,
-        healthy=lambda: {"database": "ok", "broker": "ok"},
-        rng=random.Random(3),
-        tokens=Tokens(tokens_file),
-    )
-    host = broker_scope.host("node1")
-    Records(store).apply(
-        "agent.heartbeat",
-        AgentHeartbeat(
-            host=host,
-            kind="compute",
-            version="t",
-            started_at=datetime.now(UTC),
-            uptime_s=1,
-            vcpus=8,
-            memory_mb=4096,
-        ),
-    )
-    with TestClient(make_app(ctx), headers={"Authorization": f"Bearer {secret}"}) as client:
+    secret = add(tmp_path / "tokens", "admin", "test")
+    with in_process_api(broker_scope, tmp_path) as (client, store):
+        client.headers["Authorization"] = f"Bearer {secret}"
+        host = broker_scope.host("node1")
+        Records(store).apply(
+            "agent.heartbeat",
+            AgentHeartbeat(
+                host=host,
+                kind="compute",
+                version="t",
+                started_at=datetime.now(UTC),
+                uptime_s=1,
+                vcpus=8,
+                memory_mb=4096,
+            ),
+        )
         client.host_name = host  # type: ignore[attr-defined]
         yield client, store
-    messaging.close()
-    db.close()
 
 
 def error(resp: Any) -> dict[str, Any]:

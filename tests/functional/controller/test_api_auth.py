@@ -7,7 +7,6 @@ its status, code, `WWW-Authenticate` header and for not echoing the token.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +15,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from agents.controller.api import Context, make_app
-from agents.controller.bus import Bus, Hub
-from agents.controller.db.engine import Database
-from agents.controller.db.store import Store
 from agents.controller.service import api_security
-from agents.controller.settings import ControllerConfig, ControllerSettings
+from agents.controller.settings import ControllerSettings
 from agents.controller.tokens import TokenFileError, add, remove
-from agents.lab.procs import REPO
-from common.config import load
-from common.rpc import Messaging
 from tests.conftest import BrokerScope
+from tests.functional.controller.conftest import in_process_api
 
 pytestmark = pytest.mark.functional
 
@@ -46,44 +39,12 @@ def _bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def _app(scope: BrokerScope, tmp: Path, auth: str) -> Iterator[TestClient]:
-    shared = tmp / "shared.conf"
-    shared.write_text(
-        (REPO / "etc" / "shared.conf")
-        .read_text()
-        .replace("control_exchange = agents", f"control_exchange = {scope.exchange}")
-    )
-    conf = tmp / "controller.conf"
-    conf.write_text(f"[controller]\nauth = {auth}\ntokens_file = {tmp / 'tokens'}\n")
-    config = load(ControllerConfig, [shared, conf])
-    db = Database(f"sqlite:///{tmp / 'c.sqlite'}")
-    db.upgrade()
-    store = Store(db, agent_down_time=60)
-    store.sync_networks(config.networks.values())
-    messaging = Messaging(config.messaging)
-    hub = Hub()
-    ctx = Context(
-        config=config,
-        store=store,
-        bus=Bus(messaging, store, hub, call_timeout=2),
-        hub=hub,
-        healthy=lambda: {"database": "ok", "broker": "ok"},
-        rng=random.Random(3),
-    )
-    try:
-        with TestClient(make_app(ctx)) as client:
-            yield client
-    finally:
-        messaging.close()
-        db.close()
-
-
 @pytest.fixture
 def api(broker_scope: BrokerScope, tmp_path: Path) -> Iterator[Api]:
     tokens_file = tmp_path / "tokens"
     admin = add(tokens_file, "admin", "root")
     reader = add(tokens_file, "reader", "ci")
-    for client in _app(broker_scope, tmp_path, "tokens"):
+    with in_process_api(broker_scope, tmp_path, "tokens") as (client, _):
         yield Api(client, tokens_file, admin, reader)
 
 
@@ -178,7 +139,7 @@ def test_a_token_file_turned_readable_fails_closed(api: Api) -> None:
 
 
 def test_auth_none_keeps_the_api_open(broker_scope: BrokerScope, tmp_path: Path) -> None:
-    for client in _app(broker_scope, tmp_path, "none"):
+    with in_process_api(broker_scope, tmp_path, "none") as (client, _):
         assert client.get("/v1/instances").status_code == 200
         assert client.get("/openapi.json").status_code == 200
         schema = client.get("/openapi.json").json()
