@@ -85,6 +85,15 @@ def _first_line(err: DBAPIError) -> str:
     return (str(err.orig).strip().splitlines() or [type(err.orig).__name__])[0]
 
 
+AFTER_COMMIT = "agents.after_commit"
+
+
+def after_commit(session: Session, fn: Callable[[], None]) -> None:
+    """Run `fn` once `session`'s writing transaction has committed (a log line of what
+    it decided, say), not when it rolls back or is tried again."""
+    session.info.setdefault(AFTER_COMMIT, []).append(fn)
+
+
 class Database:
     """An engine plus two session factories: one for reading, one for writing."""
 
@@ -111,9 +120,13 @@ class Database:
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
+        """A writing transaction. What the work queued in `after_commit(session, fn)`
+        runs once it committed (never for a rolled-back try of `retrying`)."""
         try:
             with self._write() as session, session.begin():
                 yield session
+            for fn in session.info.pop(AFTER_COMMIT, ()):
+                fn()
         except IntegrityError as err:
             raise Conflict(str(err.orig)) from err
         except DBAPIError as err:  # connection lost, database locked too long, ...

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import structlog
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -38,8 +37,6 @@ from common.messages import (
     VifEvent,
     new_request_id,
 )
-
-log = structlog.get_logger()
 
 # The faults the host sync sets; it clears only its own.
 STOPPED_OUTSIDE = "stopped outside agents"
@@ -78,8 +75,6 @@ class ListingReport:
 class Applied:
     casts: list[Cast] = field(default_factory=list)
     timeline: bool = False  # new timeline events were written
-    # operations these reports ended: (id, kind, request id, instance, state, fault)
-    finished: list[tuple[str, str, str, str, str, str | None]] = field(default_factory=list)
 
 
 class Records:
@@ -107,21 +102,9 @@ class Records:
                 applied = self._apply(s, event_type, payload)
                 out.casts.extend(applied.casts)
                 out.timeline = out.timeline or applied.timeline
-            out.finished = list(s.info.get("finished", ()))
             return out
 
-        applied = self.store.db.retrying(work)
-        for op_id, kind, rid, uuid, state, fault in applied.finished:  # committed now
-            log.info(
-                "operation_finished",
-                operation_id=op_id,
-                operation=kind,
-                request_id=rid,
-                instance_uuid=uuid,
-                state=state,
-                fault=fault,
-            )
-        return applied
+        return self.store.db.retrying(work)
 
     def _lock_batch(self, s: Session, events: Sequence[tuple[str, Message]]) -> None:
         """Lock every instance the batch reports on, in one statement and in uuid order,

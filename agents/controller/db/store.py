@@ -15,6 +15,7 @@ It never talks to the broker and never decides policy (ipam and scheduler do).
 
 from __future__ import annotations
 
+import functools
 import random
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,12 +24,13 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address
 from typing import Any, Literal
 
+import structlog
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from agents.controller import errors, ipam, scheduler
 from agents.controller.db import views
-from agents.controller.db.engine import Database
+from agents.controller.db.engine import Database, after_commit
 from agents.controller.db.models import (
     Agent,
     Event,
@@ -51,6 +53,8 @@ from common.messages import (
     RebootInstance,
 )
 from common.messages import Port as WirePort
+
+log = structlog.get_logger()
 
 OPEN_STATES = ("pending", "sent")
 # PostgreSQL: how long a timeline row behind a gap in the ids is held back from readers
@@ -460,9 +464,18 @@ class Store:
         op.fault = fault
         op.updated_at = now
         op.finished_at = now
-        # for a log line once the transaction commits (Records.apply_batch)
-        s.info.setdefault("finished", []).append(
-            (op.id, op.kind, op.request_id, op.instance_uuid, state, fault)
+        after_commit(
+            s,
+            functools.partial(
+                log.info,
+                "operation_finished",
+                operation_id=op.id,
+                operation=op.kind,
+                request_id=op.request_id,
+                instance_uuid=op.instance_uuid,
+                state=state,
+                fault=fault,
+            ),
         )
         self.add_event(
             s,

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -299,8 +300,13 @@ def test_stalled_operations_are_recast_then_given_up(store: Store) -> None:
     assert casts[1].message.instance.uuid == uuid.UUID(acc.response["instances"][0]["uuid"])  # type: ignore[attr-defined]
     with store.db.writing() as s:
         s.execute(update(Operation).values(updated_at=old, attempts=3))
-    casts, failed = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
+    with structlog.testing.capture_logs() as logs:
+        casts, failed = store.stalled(redrive_after=30, operation_timeout=600, max_attempts=3)
     assert casts == [] and failed == [op_id]
+    # given up: logged once, with the ids an operator searches the journal for
+    (line,) = [e for e in logs if e["event"] == "operation_finished"]
+    assert (line["operation_id"], line["request_id"], line["state"]) == (op_id, rid, "error")
+    assert line["instance_uuid"] == acc.response["instances"][0]["uuid"]
     shown = store.show("web")
     assert shown["state"] == "error" and "no answer from host 'node1'" in shown["fault"]
     assert shown["ports"] == []
