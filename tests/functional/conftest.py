@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +23,7 @@ import pytest
 
 from agents.lab.broker import BrokerScope
 from agents.lab.lab import Lab
+from agents.lab.procs import REPO, broker_available
 
 
 @pytest.fixture
@@ -38,3 +41,20 @@ def lab(root: None, broker_scope: BrokerScope) -> Iterator[Lab]:
 
 def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.startswith(("{", "["))]
+
+
+def run_bench(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`bench/<script>` as a process, as an operator runs it (from the checkout, on the
+    real broker), its output shown in the test's report; fails at once without a broker."""
+    if not broker_available():
+        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    print(proc.stdout[-20000:])
+    print(proc.stderr[-20000:], file=sys.stderr)
+    return proc

@@ -13,13 +13,11 @@ QEMU rows are not in the quick version: they belong to the full table.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
-from agents.lab.procs import REPO, broker_available
+from tests.functional.conftest import run_bench
 
 pytestmark = pytest.mark.functional
 
@@ -40,19 +38,9 @@ ROW = re.compile(
 
 
 def test_quick_fault_table_loses_and_duplicates_nothing(root: None) -> None:
-    if not broker_available():
-        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "faults.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=420,
-        cwd=REPO,
-    )
+    proc = run_bench("faults.py", "--quick", timeout=420)
     took = time.monotonic() - started
-    print(proc.stdout)
-    print(proc.stderr[-20000:], file=sys.stderr)
     rows = {m["scenario"]: m for m in map(ROW.match, proc.stdout.splitlines()) if m}
     assert set(rows) == QUICK_ROWS, (proc.returncode, proc.stdout, proc.stderr[-4000:])
     bad = {

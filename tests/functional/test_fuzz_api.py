@@ -10,13 +10,11 @@ match the schema, an operation that ignores a missing token), zero errors.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 
-from agents.lab.procs import REPO, broker_available
+from tests.functional.conftest import run_bench
 
 pytestmark = pytest.mark.functional
 
@@ -29,17 +27,9 @@ LINE = re.compile(
 
 
 def test_quick_fuzz_finds_no_5xx_no_mismatch_nothing_half_created(root: None) -> None:
-    if not broker_available():
-        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fuzz_api.py"), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_bench("fuzz_api.py", "--quick", timeout=300)
     took = time.monotonic() - started
-    print(proc.stdout[-6000:], proc.stderr[-3000:])
     found = LINE.search(proc.stdout)
     assert found, proc.stdout[-3000:] + proc.stderr[-3000:]
     counts = {k: int(v) for k, v in found.groupdict().items()}

@@ -8,23 +8,15 @@ succeeds, nobody logged a traceback, and each daemon named what it refused.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.functional.conftest import run_bench
 
 
 @pytest.mark.timeout(600)
 def test_daemons_survive_malformed_messages(root: None) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "fuzz_wire.py"), "--total", "1200", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=580,
-    )
+    result = run_bench("fuzz_wire.py", "--total", "1200", "--json", timeout=580)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["total"] == 1200

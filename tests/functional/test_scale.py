@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 
 import pytest
 
-from agents.lab.procs import REPO, broker_available
+from tests.functional.conftest import run_bench
 
 pytestmark = pytest.mark.functional
 
@@ -30,18 +29,7 @@ SPREAD = re.compile(r"^SPREAD per_host_min=(?P<min>\d+) per_host_max=(?P<max>\d+
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
-    if not broker_available():
-        pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "scale.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    print(proc.stdout)
-    print(proc.stderr[-20000:], file=sys.stderr)
-    return proc
+    return run_bench("scale.py", *args, timeout=300)
 
 
 def test_ten_hosts_build_everything_and_print_the_scale_line(root: None) -> None:
