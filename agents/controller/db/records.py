@@ -144,10 +144,10 @@ class Records:
                 .execution_options(populate_existing=True)
             )
         )
-        # read under the locks: a delete that released a port meanwhile is seen
-        s.scalars(
-            select(Port).where(Port.id.in_(port_ids)).execution_options(populate_existing=True)
-        ).all()
+        if port_ids:  # read under the locks: a delete that released a port meanwhile is seen
+            s.scalars(
+                select(Port).where(Port.id.in_(port_ids)).execution_options(populate_existing=True)
+            ).all()
         self.store.preload_open_operations(s, [i.uuid for i in locked])
         s.info["locked"] = {i.uuid for i in locked}
 
@@ -199,9 +199,6 @@ class Records:
             released = s.get(ReleasedPort, str(ev.port_id))
             inst_uuid = released.instance_uuid if released is not None else None
         inst = _locked(s, inst_uuid)
-        if port is not None and inst is not None and inst.uuid not in s.info.get("locked", ()):
-            # read again under the instance's lock: a delete may have released it
-            port = s.get(Port, str(ev.port_id), populate_existing=True)
         op = self._operation(s, inst, ev.request_id, None)
         if port is not None:
             if event_type == "port.vif_plugged":
@@ -486,7 +483,8 @@ class Records:
 
 
 def _locked(s: Session, uuid: str | None) -> Instance | None:
-    """The instance row, locked until the commit (PostgreSQL; SQLite serialises writers).
+    """The instance row `_lock_batch` locked until the commit (PostgreSQL; SQLite
+    serialises writers); None for an instance the database does not have.
 
     Replicas share the event queue, so two reports of one instance (a build's start and
     its end) can be applied at the same moment by two controllers; the lock makes the
@@ -494,11 +492,7 @@ def _locked(s: Session, uuid: str | None) -> Instance | None:
     it read before. A report applied late then finds its operation finished, and
     changes nothing but the timeline.
     """
-    if uuid is None:
-        return None
-    if uuid in s.info.get("locked", ()):
-        return s.get(Instance, uuid)  # locked and loaded by `_lock_batch`
-    return s.get(Instance, uuid, with_for_update=True, populate_existing=True)
+    return s.get(Instance, uuid) if uuid in s.info.get("locked", ()) else None
 
 
 def _str(value: uuidlib.UUID | None) -> str | None:
