@@ -1208,12 +1208,17 @@ def probe_broker(settings: MessagingSettings, timeout: float = 3.0) -> None:
 
 
 def delete_queues(
-    transport_url: str, queues: Iterable[str], exchange: str | None = None, timeout: float = 3.0
+    transport_url: str,
+    queues: Iterable[str],
+    exchange: str | None = None,
+    timeout: float = 3.0,
+    if_unused: bool = False,
 ) -> None:
     """Delete `queues` and then `exchange` where they exist (test and lab clean-up).
 
     What is already gone is fine, and so is a broker that is down. Deletes only what
-    it is told: other deployments share the broker.
+    it is told: other deployments share the broker. `if_unused`: only a queue with
+    no consumer and no message (the broker refuses the others: they stay).
     """
     with (
         contextlib.suppress(Exception),
@@ -1223,7 +1228,7 @@ def delete_queues(
         channel: Any = conn.channel()
         for queue in queues:
             try:
-                channel.queue_delete(queue)
+                channel.queue_delete(queue, if_unused=if_unused, if_empty=if_unused)
             except Exception:  # a channel error closes the channel: take a new one
                 channel = conn.channel()
         if exchange:

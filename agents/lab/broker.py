@@ -5,7 +5,9 @@ whatever the exchange), so a lab needs host names of its own as well as an excha
 `BrokerScope.host("node1")` gives a unique one and remembers it. `cleanup()` deletes
 the per-host queues of every host handed out, the deployment-wide ones named after the
 exchange (the controller's RPC queue), the extra queues registered (the controller's
-events queue) and the exchange; deleting what is already gone is fine.
+events queue) and the exchange; deleting what is already gone is fine. oslo's
+topic-wide queues (`compute`, `l2-agent`, `controller`, one name for every deployment)
+go too, but only when no consumer and no message is on them.
 
 `BrokerScope.new(prefix, transport_url, queue_type)` puts a lab on another broker, such
 as a cluster of this machine (a host's namespace then relays every node's port).
@@ -14,7 +16,8 @@ as a cluster of this machine (a host's namespace then relays every node's port).
 machine's loopback; `python -m agents.lab.broker up|down|status|kill|start` drives it
 (tools/rabbitmq-cluster.sh).
 
-Must not delete a queue it was not told about: other deployments share the broker;
+Must not delete a queue it was not told about, nor a shared one still in use: other
+deployments share the broker;
 must not touch the machine's own broker, its cookie or epmd.
 """
 
@@ -44,6 +47,9 @@ def host_queues(host: str) -> list[str]:
         f"vif_events.{host}.info",
         f"vif_events.{host}.error",
     ]
+
+
+SHARED_TOPIC_QUEUES = ["compute", "l2-agent", "controller"]
 
 
 def deployment_queues(exchange: str) -> list[str]:
@@ -101,6 +107,10 @@ class BrokerScope:
             exchange=self.exchange,
             url=self.transport_url,
         )
+        # oslo's topic-wide queues (`compute`, ...) bear one name for every deployment
+        # on the broker: gone with the last lab that used them, never under another's
+        # consumer or messages
+        delete(SHARED_TOPIC_QUEUES, url=self.transport_url, if_unused=True)
 
 
 def broker_ports(transport_url: str) -> list[int]:
@@ -108,11 +118,17 @@ def broker_ports(transport_url: str) -> list[int]:
     return [int(h.rpartition(":")[2]) for h in netloc.split(",") if h.rpartition(":")[2].isdigit()]
 
 
-def delete(queues: list[str], exchange: str | None = None, url: str = TRANSPORT_URL) -> None:
-    """Delete `queues` and `exchange` if they exist; a broker that is down is ignored."""
+def delete(
+    queues: list[str],
+    exchange: str | None = None,
+    url: str = TRANSPORT_URL,
+    if_unused: bool = False,
+) -> None:
+    """Delete `queues` and `exchange` if they exist; a broker that is down is ignored.
+    `if_unused`: only queues without consumers or messages."""
     from common.rpc import delete_queues
 
-    delete_queues(url, queues, exchange)
+    delete_queues(url, queues, exchange, if_unused=if_unused)
 
 
 def _state(queue: str, url: str) -> tuple[bool, int]:

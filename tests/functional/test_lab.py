@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from agents.lab.broker import BrokerScope, deployment_queues, host_queues, queue_exists
+from agents.lab.broker import (
+    SHARED_TOPIC_QUEUES,
+    BrokerScope,
+    deployment_queues,
+    host_queues,
+    queue_exists,
+)
 from agents.lab.lab import Lab
 from agents.lab.netns import port_open
 from agents.lab.procs import LabError, run
@@ -73,6 +79,8 @@ def test_a_lab_leaves_nothing_behind(root: None, database: str) -> None:
     assert not _pids_of(str(lab_dir)), "a process of the lab is still running"
     assert port is not None and not port_open(None, port)
     assert not [q for q in queues if queue_exists(q)]
+    # oslo's topic-wide queues, shared by name, go with the last lab (none runs beside)
+    assert not [q for q in SHARED_TOPIC_QUEUES if queue_exists(q)]
     assert not _exchange_exists(scope.exchange)
     if scratch is not None:
         assert not scratch.exists()
