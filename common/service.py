@@ -7,10 +7,18 @@
 - pings WATCHDOG=1 every WATCHDOG_USEC/2 while `service.healthy()` is true (a wedged
   agent stops pinging and systemd restarts it);
 - SIGTERM/SIGINT: STOPPING=1, `service.stop(grace)` (stop consuming, finish or hand back
-  in-flight work within the bound), exit 0; during start() (which may block on an
-  unreachable broker) the signal interrupts start(), stop() cleans up, exit 0;
+  in-flight work within the bound), exit 0;
+- SIGTERM/SIGINT during start(): start() runs on its own thread, so the main thread
+  hears the signal at once. start() is never interrupted in the middle of a step (an
+  exception thrown into a half-opened AMQP channel leaves a connection whose close
+  never returns); it gets a short bound to finish, then stop() undoes it, exit 0. A
+  start() still blocked after the bound (oslo.messaging retries an unreachable broker
+  forever) is abandoned: the process exits 0 without cleaning up, which is what a
+  kill -9 does and what the agents are built to survive (their journal replays);
 - SIGHUP: RELOADING=1, `service.reload()` (re-reads the log level), READY=1; handled
-  at once, not at the next watchdog tick.
+  at once, not at the next watchdog tick;
+- SIGUSR2: the stack of every thread is written to stderr (the journal), and the daemon
+  goes on: what an operator asks of a daemon that seems stuck (`systemctl kill -s USR2`).
 
 The notify protocol is a datagram to $NOTIFY_SOCKET (sd_notify(3)); no libsystemd needed.
 Signal handlers only set flags; all work happens on the main thread's loop. The
@@ -20,9 +28,11 @@ called in a test process. Nothing here knows what an agent does.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -77,15 +87,6 @@ def watchdog_interval(environ: dict[str, str] | None = None) -> float | None:
         return None
 
 
-class _StopRequested(BaseException):
-    """Raised on the main thread by SIGTERM/SIGINT while start() is still running.
-
-    start() can block for long (oslo.messaging retries an unreachable broker forever);
-    a flag alone would leave the process deaf to `systemctl stop` until then. A
-    BaseException, like KeyboardInterrupt, so `except Exception` in libraries lets it by.
-    """
-
-
 class _Signals:
     """Flags set by signal handlers, and one event that wakes the main loop for any."""
 
@@ -94,8 +95,6 @@ class _Signals:
         self.stop = threading.Event()
         self.reload = threading.Event()
         self.stop_signal = ""
-        # True only while start() runs: then SIGTERM interrupts it instead of waiting.
-        self.starting = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -116,9 +115,6 @@ class _Signals:
         self.stop_signal = signal.Signals(signum).name
         self.stop.set()
         self.wake.set()
-        if self.starting:
-            self.starting = False  # interrupt once; stop() then runs undisturbed
-            raise _StopRequested(self.stop_signal)
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
         self.reload.set()
@@ -136,46 +132,108 @@ def _reload(service: Service, name: str) -> None:
     sd_notify(f"READY=1\nSTATUS={name} serving")
 
 
-def run(service: Service, *, name: str, grace: float = 30.0, idle_tick: float = 5.0) -> int:
-    """Run `service` until SIGTERM/SIGINT; the process exit code is returned."""
+def run(
+    service: Service,
+    *,
+    name: str,
+    grace: float = 30.0,
+    idle_tick: float = 5.0,
+    exit_when_abandoned: bool = True,
+) -> int:
+    """Run `service` until SIGTERM/SIGINT; the process exit code is returned.
+
+    A start() abandoned after SIGTERM ends the process at once (os._exit(0)): its thread
+    may hold connections and non-daemon threads whose clean-up would never return.
+    `exit_when_abandoned=False` returns 0 instead (for a test's own process).
+    """
     signals = _Signals()
     signals.install()
+    # Written by the C handler, so it answers even when every Python thread is stuck.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
-        return _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
+        code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
+        if code == _ABANDONED:
+            if exit_when_abandoned:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
+            return 0
+        return code
     finally:
+        faulthandler.unregister(signal.SIGUSR2)
         signals.restore()
 
 
+# _run()'s code for a start() abandoned after SIGTERM (run() decides how to exit).
+_ABANDONED = -1
+
+
+class _Starting:
+    """service.start() on its own thread; the main thread stays free for signals."""
+
+    def __init__(self, service: Service, wake: threading.Event) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._service = service
+        self._wake = wake
+        # A daemon: a start() blocked for good must not keep the process alive.
+        self._thread = threading.Thread(target=self._run, name="start", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._service.start()
+        except BaseException as err:  # handed to the main thread, which reports it
+            self.error = err
+        finally:
+            self.done.set()
+            self._wake.set()
+
+
 def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_tick: float) -> int:
-    signals.starting = True
     sd_notify(f"STATUS={name} starting")
-    try:
-        service.start()
-        signals.starting = False
-    except _StopRequested:
-        # Asked to stop before it could serve: undo what start() opened, exit cleanly.
+    starting = _Starting(service, signals.wake)
+    while not starting.done.is_set() and not signals.stop.is_set():
+        signals.wake.wait()
+        signals.wake.clear()
+    if not starting.done.is_set():
+        # Asked to stop before it could serve: let the step under way finish, then undo
+        # what start() opened.
+        bound = min(grace, 5.0)
         log.warning("start_interrupted", service=name, signal=signals.stop_signal)
         sd_notify(f"STOPPING=1\nSTATUS={name} stopped while starting")
+        if not starting.done.wait(bound):
+            log.warning(
+                "start_abandoned",
+                service=name,
+                waited_s=bound,
+                detail="start() did not return; exiting without clean-up, as after kill -9",
+            )
+            return _ABANDONED
         try:
-            service.stop(grace=min(grace, 5.0))
+            service.stop(grace=bound)
         except Exception:
             log.exception("stop_after_interrupted_start_failed", service=name)
         return 0
-    except Exception as err:
-        signals.starting = False
+    if starting.error is not None:
+        err = starting.error
+        if not isinstance(err, Exception):  # SystemExit and the like: not ours to judge
+            raise err
         # A typed error already says what is wrong (a missing libvirtd, a bad namespace):
         # the operator needs that line, not a traceback; anything else is a bug.
-        (log.error if isinstance(err, AgentsError) else log.exception)(
-            "start_failed", service=name, error=str(err)
-        )
+        if isinstance(err, AgentsError):
+            log.error("start_failed", service=name, error=str(err))
+        else:
+            log.error("start_failed", service=name, error=str(err), exc_info=err)
         sd_notify(f"STATUS={name} failed to start: {err}")
         try:
             service.stop(grace=min(grace, 5.0))
         except Exception:  # already failing; the first error is the one that matters
             log.exception("stop_after_failed_start_failed", service=name)
         return 1
-    sd_notify(f"READY=1\nSTATUS={name} serving")
-    log.info("service_ready", service=name)
+    if not signals.stop.is_set():  # a stop asked for as start() returned: no READY
+        sd_notify(f"READY=1\nSTATUS={name} serving")
+        log.info("service_ready", service=name)
 
     watchdog = watchdog_interval()
     tick = watchdog or idle_tick

@@ -58,6 +58,8 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
         try:
             return proc.wait(15)
         except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR2)  # every thread's stack into the log first
+            time.sleep(0.5)
             proc.kill()
             proc.wait(5)
             return -9

@@ -245,21 +245,47 @@ def test_watchdog_interval_for_this_pid() -> None:
     assert watchdog_interval(environ) == 1.0
 
 
-def test_sigterm_interrupts_a_start_that_blocks(notify: NotifyListener) -> None:
+def test_sigterm_during_start_lets_the_step_finish_then_stops(notify: NotifyListener) -> None:
+    """SIGTERM while start() is in a step: the step is not broken off half-done (an
+    exception thrown into a half-opened AMQP channel once left a close that never
+    returned); start() returns, stop() undoes it, no READY, exit 0."""
+
+    class Slow(Agent):
+        def start(self) -> None:
+            self.calls.append(("start", None))
+            time.sleep(1.0)  # one step, not interruptible
+            self.calls.append(("start finished", None))
+
+    agent = Slow(notify)
+    signal_when(notify, lambda: "STATUS=toy starting" in notify.states(), signal.SIGTERM)
+    began = time.monotonic()
+
+    assert run(agent, name="toy", grace=20.0, exit_when_abandoned=False) == 0
+    assert 0.9 < time.monotonic() - began < 5
+    assert agent.calls == [("start", None), ("start finished", None), ("stop", 5.0)]
+    assert "STOPPING=1" in notify.states()
+    assert "READY=1" not in notify.states()
+
+
+def test_sigterm_abandons_a_start_that_blocks(notify: NotifyListener) -> None:
     """oslo.messaging retries an unreachable broker forever inside start(): SIGTERM must
-    still stop the daemon (systemd's TimeoutStartSec, `systemctl stop` while starting)."""
+    still stop the daemon (systemd's TimeoutStartSec, `systemctl stop` while starting),
+    after a bound, without a stop() that would run beside the blocked start()."""
+    release = threading.Event()
 
     class Blocking(Agent):
         def start(self) -> None:
             self.calls.append(("start", None))
-            time.sleep(30)
+            release.wait(30)
 
     agent = Blocking(notify)
     signal_when(notify, lambda: "STATUS=toy starting" in notify.states(), signal.SIGTERM)
     began = time.monotonic()
-
-    assert run(agent, name="toy", grace=20.0) == 0
-    assert time.monotonic() - began < 5
+    try:
+        assert run(agent, name="toy", grace=1.0, exit_when_abandoned=False) == 0
+        assert 0.9 < time.monotonic() - began < 5
+    finally:
+        release.set()
     notify.wait_for(lambda: "STOPPING=1" in notify.states())
     assert "READY=1" not in notify.states()
-    assert agent.calls == [("start", None), ("stop", 5.0)]
+    assert agent.calls == [("start", None)]
