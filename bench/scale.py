@@ -6,8 +6,9 @@ a scratch PostgreSQL database with `--postgres`, dropped afterwards) and N simul
 hosts at once (`Lab.add_hosts`: a network namespace each with the real l2-agent, doing
 its netlink work there, and the real compute-agent on libvirt's test driver), then:
 
-  builds     `--clients` threads POST /v1/instances, one instance a request, until
-             N x `--instances-per-host` were asked for; the scheduler spreads them.
+  builds     `--clients` threads POST /v1/instances, one instance a request (or
+             `--per-request K`: K a request, as `agentctl send build --count K` asks),
+             until N x `--instances-per-host` were asked for; the scheduler spreads them.
              builds_per_s = instances / (last create operation's finished_at - first
              POST), the aggregate over all hosts.
   reads      the real `agentctl list`, `agentctl show NAME` and `agentctl agents`, each a
@@ -26,6 +27,8 @@ One line per size, then detail lines:
   START hosts=N agents=N start_s=X      (namespaces, relays, 2N processes, all heard)
   HTTP  list_ms=X show_ms=X agents_ms=X (in-process, kept-alive connection)
   SPREAD per_host_min=N per_host_max=N post_ms_median=X post_ms_p90=X
+  CPU   controller_ms_per_build=X agents_ms_per_build=X machine_ms_per_build=X cores=N
+        (machine: every process, broker, PostgreSQL and qemu-img included)
 
 Agents beat every `--heartbeat` seconds (10; the lab's usual 1 s would be 2N heartbeat
 transactions a second, not what a deployment runs), and the controller calls an agent
@@ -139,6 +142,14 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_ms() -> float:
+    """CPU time every process of the machine spent so far (/proc/stat, not idle or
+    iowait), in ms: the broker, PostgreSQL and qemu-img included."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
+    return busy * 1000 / os.sysconf("SC_CLK_TCK")
+
+
 def parse_time(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
@@ -162,12 +173,26 @@ def agentctl_ms(env: dict[str, str], *args: str) -> float:
     return timed_ms(run)
 
 
+def requests_for(total: int, per_request: int) -> list[tuple[str, int]]:
+    """(name, count) of each POST: one name a request, or a prefix and a count."""
+    return [(f"s{i:05d}", min(per_request, total - i)) for i in range(0, total, per_request)]
+
+
+def names_of(requests: Sequence[tuple[str, int]]) -> list[str]:
+    """The instance names the controller gives those requests (PREFIX-1..K for a count)."""
+    return [
+        name if count == 1 else f"{name}-{j}"
+        for name, count in requests
+        for j in range(1, count + 1)
+    ]
+
+
 def build_all(
-    urls: Sequence[str], token: str | None, names: Sequence[str], clients: int
+    urls: Sequence[str], token: str | None, requests: Sequence[tuple[str, int]], clients: int
 ) -> tuple[float, list[float], int]:
-    """POST one instance per name from `clients` threads, spread over the controllers'
-    `urls`; (first POST time, each POST's ms, refused POSTs)."""
-    todo = list(reversed(names))
+    """POST `requests` (name, count) from `clients` threads, spread over the controllers'
+    `urls`; (first POST time, each POST's ms, refused instances)."""
+    todo = list(reversed(requests))
     lock = threading.Lock()
     post_ms: list[float] = []
     refused: list[str] = []
@@ -180,22 +205,24 @@ def build_all(
                 with lock:
                     if not todo:
                         return
-                    name = todo.pop()
+                    name, count = todo.pop()
                     if not first:
                         first.append(time.time())
+                body: dict[str, Any] = (
+                    {"name": name} if count == 1 else {"name": name, "count": count}
+                )
                 started = time.perf_counter()
-                status, doc = api.request("POST", "/v1/instances", {"name": name})
+                status, doc = api.request("POST", "/v1/instances", body)
                 took = (time.perf_counter() - started) * 1000
                 with lock:
                     post_ms.append(took)
                     if status != 202:
-                        refused.append(f"{name}: {status} {doc}")
+                        refused.extend([f"{name}: {status} {doc}"] * count)
         finally:
             api.close()
 
     threads = [
-        threading.Thread(target=client, args=(urls[i % len(urls)],))
-        for i in range(max(1, clients))
+        threading.Thread(target=client, args=(urls[i % len(urls)],)) for i in range(max(1, clients))
     ]
     for t in threads:
         t.start()
@@ -264,16 +291,19 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     print(f"START hosts={n} agents={2 * n} start_s={start_s:.1f}", flush=True)
 
     total = n * per_host
-    names = [f"s{i:05d}" for i in range(total)]
+    requests = requests_for(total, args.per_request)
+    names = names_of(requests)
     agent_pids = [p.pid for h in hosts for p in h.agents.values()]
     ctl_cpu0, agents_cpu0 = sum(map(cpu_ms, ctl_pids)), sum(map(cpu_ms, agent_pids))
+    machine_cpu0 = machine_cpu_ms()
     urls = [c.url for c in lab.controllers]
-    first_post, post_ms, refused = build_all(urls, ctl.token, names, args.clients)
+    first_post, post_ms, refused = build_all(urls, ctl.token, requests, args.clients)
     backlog = events_backlog(lab)
     api = Api(ctl.url, ctl.token)
     rows = wait_settled(api, total - refused, timeout=120 + total / 5)
     ctl_cpu = sum(map(cpu_ms, ctl_pids)) - ctl_cpu0
     agents_cpu = sum(map(cpu_ms, agent_pids)) - agents_cpu0
+    machine_cpu = machine_cpu_ms() - machine_cpu0
     by_name = {r["name"]: r for r in rows}
     not_running = [r["name"] for r in rows if r["state"] != "running"]
     missing = [nm for nm in names if nm not in by_name]
@@ -339,11 +369,14 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
         flush=True,
     )
     # CPU a build costs, whatever the machine: what bounds builds_per_s on few cores
-    # (includes the heartbeats and host syncs of the build window)
+    # (includes the heartbeats and host syncs of the build window). machine_ms is all
+    # of it, whoever spent it (broker, PostgreSQL, qemu-img, the bench's own clients):
+    # cores x 1000 / machine_ms is the most builds/s this machine can give.
     built = max(1, len(rows))
     print(
         f"CPU   controller_ms_per_build={ctl_cpu / built:.1f}"
-        f" agents_ms_per_build={agents_cpu / built:.1f} cores={os.cpu_count()}"
+        f" agents_ms_per_build={agents_cpu / built:.1f}"
+        f" machine_ms_per_build={machine_cpu / built:.1f} cores={os.cpu_count()}"
         f" load1={os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -362,6 +395,12 @@ def main() -> int:
     )
     parser.add_argument("--instances-per-host", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8, help="concurrent API clients")
+    parser.add_argument(
+        "--per-request",
+        type=int,
+        default=1,
+        help="instances a POST asks for (`count`; an operator's `send build --count K`)",
+    )
     parser.add_argument("--runs", type=int, default=7, help="runs of each agentctl command")
     parser.add_argument(
         "--heartbeat", type=float, default=10.0, help="the agents' heartbeat_interval, seconds"
@@ -393,6 +432,7 @@ def main() -> int:
         (min(sizes), "--hosts"),
         (args.instances_per_host, "--instances-per-host"),
         (args.clients, "--clients"),
+        (args.per_request, "--per-request"),
         (args.runs, "--runs"),
         (args.parallel, "--parallel"),
         (args.replicas, "--replicas"),
