@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -104,6 +105,14 @@ class Database:
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
+        # SQLite has one writer at a time, and a writer that finds the file locked
+        # sleeps in SQLite's busy handler (up to 100 ms a try) instead of waking when
+        # the lock is free: under a burst, POSTs waited half a second for it. The
+        # controller is the file's only writer (`claim_sqlite`), so its threads queue
+        # on a lock of their own, handed over at once. PostgreSQL locks rows: nothing.
+        self._one_writer: AbstractContextManager[object] = (
+            threading.RLock() if self.is_sqlite else nullcontext()
+        )
         self._sqlite_lock: int | None = None  # fd of claim_sqlite's lock file
 
     @property
@@ -123,7 +132,7 @@ class Database:
         """A writing transaction. What the work queued in `after_commit(session, fn)`
         runs once it committed (never for a rolled-back try of `retrying`)."""
         try:
-            with self._write() as session, session.begin():
+            with self._one_writer, self._write() as session, session.begin():
                 yield session
             for fn in session.info.pop(AFTER_COMMIT, ()):
                 fn()
