@@ -27,8 +27,10 @@ One line per size, then detail lines:
   START hosts=N agents=N start_s=X      (namespaces, relays, 2N processes, all heard)
   HTTP  list_ms=X show_ms=X agents_ms=X (in-process, kept-alive connection)
   SPREAD per_host_min=N per_host_max=N post_ms_median=X post_ms_p90=X
-  CPU   controller_ms_per_build=X agents_ms_per_build=X machine_ms_per_build=X cores=N
-        (machine: every process, broker, PostgreSQL and qemu-img included)
+  CPU   controller_ms_per_build=X agents_ms_per_build=X broker_ms_per_build=X
+        postgres_ms_per_build=X machine_ms_per_build=X cores=N
+        (broker: every RabbitMQ node on the machine; machine: every process, qemu-img
+        and the bench's own clients included)
 
 Agents beat every `--heartbeat` seconds (10; the lab's usual 1 s would be 2N heartbeat
 transactions a second, not what a deployment runs), and the controller calls an agent
@@ -148,6 +150,21 @@ def machine_cpu_ms() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
     return busy * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(command: str) -> float:
+    """CPU so far of every process whose command is `command` (beam.smp: the broker
+    nodes; postgres: the server and its backends), in ms."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == command:
+                total += cpu_ms(int(entry.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return total
 
 
 def parse_time(value: str) -> float:
@@ -296,6 +313,7 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     agent_pids = [p.pid for h in hosts for p in h.agents.values()]
     ctl_cpu0, agents_cpu0 = sum(map(cpu_ms, ctl_pids)), sum(map(cpu_ms, agent_pids))
     machine_cpu0 = machine_cpu_ms()
+    broker_cpu0, db_cpu0 = cpu_of("beam.smp"), cpu_of("postgres")
     urls = [c.url for c in lab.controllers]
     first_post, post_ms, refused = build_all(urls, ctl.token, requests, args.clients)
     backlog = events_backlog(lab)
@@ -304,6 +322,7 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     ctl_cpu = sum(map(cpu_ms, ctl_pids)) - ctl_cpu0
     agents_cpu = sum(map(cpu_ms, agent_pids)) - agents_cpu0
     machine_cpu = machine_cpu_ms() - machine_cpu0
+    broker_cpu, db_cpu = cpu_of("beam.smp") - broker_cpu0, cpu_of("postgres") - db_cpu0
     by_name = {r["name"]: r for r in rows}
     not_running = [r["name"] for r in rows if r["state"] != "running"]
     missing = [nm for nm in names if nm not in by_name]
@@ -376,6 +395,8 @@ def measure(n: int, args: argparse.Namespace, lab: Lab) -> Size:
     print(
         f"CPU   controller_ms_per_build={ctl_cpu / built:.1f}"
         f" agents_ms_per_build={agents_cpu / built:.1f}"
+        f" broker_ms_per_build={broker_cpu / built:.1f}"
+        f" postgres_ms_per_build={db_cpu / built:.1f}"
         f" machine_ms_per_build={machine_cpu / built:.1f} cores={os.cpu_count()}"
         f" load1={os.getloadavg()[0]:.1f}",
         flush=True,
