@@ -9,9 +9,9 @@
 - SIGTERM/SIGINT: STOPPING=1, `service.stop(grace)` (stop consuming, finish or hand back
   in-flight work within the bound), exit 0;
 - SIGTERM/SIGINT during start(): start() runs on its own thread, so the main thread
-  hears the signal at once. start() is never interrupted in the middle of a step (an
-  exception thrown into a half-opened AMQP channel leaves a connection whose close
-  never returns); it gets a short bound to finish, then stop() undoes it, exit 0. A
+  hears the signal at once. start() is never broken off (an exception thrown into a
+  half-opened AMQP channel leaves a connection whose close never returns); it gets a
+  short bound to return, then stop() undoes it, exit 0. A
   start() still blocked after the bound (oslo.messaging retries an unreachable broker
   forever) is abandoned: the process exits 0 without cleaning up, which is what a
   kill -9 does and what the agents are built to survive (their journal replays);
@@ -21,9 +21,10 @@
   goes on: what an operator asks of a daemon that seems stuck (`systemctl kill -s USR2`).
 
 The notify protocol is a datagram to $NOTIFY_SOCKET (sd_notify(3)); no libsystemd needed.
-Signal handlers only set flags; all work happens on the main thread's loop. The
-handlers that were installed before are put back when run() returns, so run() can be
-called in a test process. Nothing here knows what an agent does.
+Signal handlers only set flags; all work happens on the main thread's loop (start() on
+a thread of its own, which the main thread waits for). The handlers that were installed
+before are put back when run() returns, so run() can be called in a test process.
+Nothing here knows what an agent does.
 """
 
 from __future__ import annotations
@@ -148,8 +149,7 @@ def run(
     """
     signals = _Signals()
     signals.install()
-    # Written by the C handler, so it answers even when every Python thread is stuck.
-    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    dumps = _register_stack_dumps()
     try:
         code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
         if code == _ABANDONED:
@@ -160,8 +160,20 @@ def run(
             return 0
         return code
     finally:
-        faulthandler.unregister(signal.SIGUSR2)
+        if dumps:
+            faulthandler.unregister(signal.SIGUSR2)
         signals.restore()
+
+
+def _register_stack_dumps() -> bool:
+    """SIGUSR2 writes every thread's stack to stderr; the C handler answers even when
+    every Python thread is stuck. A daemon without a usable stderr goes on without."""
+    try:
+        faulthandler.register(signal.SIGUSR2, all_threads=True)
+    except (AttributeError, OSError, RuntimeError, ValueError) as err:
+        log.warning("stack_dumps_unavailable", error=str(err))
+        return False
+    return True
 
 
 # _run()'s code for a start() abandoned after SIGTERM (run() decides how to exit).
@@ -197,8 +209,8 @@ def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_t
         signals.wake.wait()
         signals.wake.clear()
     if not starting.done.is_set():
-        # Asked to stop before it could serve: let the step under way finish, then undo
-        # what start() opened.
+        # Asked to stop before it could serve: let start() return, then undo what it
+        # opened.
         bound = min(grace, 5.0)
         log.warning("start_interrupted", service=name, signal=signals.stop_signal)
         sd_notify(f"STOPPING=1\nSTATUS={name} stopped while starting")

@@ -289,3 +289,21 @@ def test_sigterm_abandons_a_start_that_blocks(notify: NotifyListener) -> None:
     notify.wait_for(lambda: "STOPPING=1" in notify.states())
     assert "READY=1" not in notify.states()
     assert agent.calls == [("start", None)]
+
+
+def test_sigusr2_dumps_every_threads_stack_and_the_service_goes_on(
+    notify: NotifyListener, capfd: pytest.CaptureFixture[str]
+) -> None:
+    agent = Agent(notify)
+
+    def dump_then_stop() -> None:
+        notify.wait_for(lambda: "READY=1" in notify.states())
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=dump_then_stop, daemon=True).start()
+    assert run(agent, name="toy") == 0
+    err = capfd.readouterr().err
+    assert "most recent call first" in err and "dump_then_stop" in err, err[-2000:]
+    assert agent.calls == [("start", None), ("stop", 30.0)]
