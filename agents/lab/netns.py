@@ -46,6 +46,9 @@ def wire_by_hand(tap: str, bridge: str, gateway: str) -> list[list[str]]:
     ]
 
 
+RELAY_UP_S = 30.0
+
+
 def port_open(netns: str | None, port: int) -> bool:
     """Something accepts TCP connections on 127.0.0.1:`port` (inside `netns` if given)."""
     cmd = ["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"]
@@ -94,7 +97,9 @@ class NamespaceHost:
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_for(sock.exists, 5, what="root-side relay socket")
+        # Generous bounds: 8 hosts set up at once beside 100 busy agents (bench/scale.py)
+        # once took more than 5 s to get a socat listening.
+        wait_for(sock.exists, RELAY_UP_S, what="root-side relay socket")
         self.procs.append(
             subprocess.Popen(
                 [
@@ -110,7 +115,7 @@ class NamespaceHost:
                 stderr=subprocess.DEVNULL,
             )
         )
-        wait_for(lambda: port_open(self.name, port), 5, what="namespace-side relay")
+        wait_for(lambda: port_open(self.name, port), RELAY_UP_S, what="namespace-side relay")
 
     @property
     def relays(self) -> list[subprocess.Popen[bytes]]:
