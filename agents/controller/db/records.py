@@ -144,12 +144,16 @@ class Records:
                 .execution_options(populate_existing=True)
             )
         )
+        # The session's identity map holds its objects weakly: a row loaded here and not
+        # referenced would be dropped at once, and every event would select it again
+        # (autoflushing the timeline rows one INSERT at a time before each). The batch
+        # keeps them, in session.info, until its transaction ends.
         if port_ids:  # read under the locks: a delete that released a port meanwhile is seen
-            s.scalars(
+            s.info["ports"] = s.scalars(
                 select(Port).where(Port.id.in_(port_ids)).execution_options(populate_existing=True)
             ).all()
         self.store.preload_open_operations(s, [i.uuid for i in locked])
-        s.info["locked"] = {i.uuid for i in locked}
+        s.info["locked"] = {i.uuid: i for i in locked}
 
     def _apply(self, s: Session, event_type: str, payload: Message) -> Applied:
         if isinstance(payload, VifEvent):
@@ -492,7 +496,8 @@ def _locked(s: Session, uuid: str | None) -> Instance | None:
     it read before. A report applied late then finds its operation finished, and
     changes nothing but the timeline.
     """
-    return s.get(Instance, uuid) if uuid in s.info.get("locked", ()) else None
+    locked: dict[str, Instance] = s.info.get("locked", {})
+    return locked.get(uuid) if uuid is not None else None
 
 
 def _str(value: uuidlib.UUID | None) -> str | None:

@@ -604,3 +604,40 @@ def test_batches_sharing_instances_in_any_order_never_deadlock(database_url: str
         } == {"wired"}
     finally:
         db.close()
+
+
+def test_a_batch_reads_each_instance_and_port_once_however_many_events(store: Store) -> None:
+    """The batch's rows stay in the session: an event of an instance already loaded
+    selects nothing (the identity map holds objects weakly, so a row nobody kept was
+    selected again for every event, each select autoflushing the timeline one INSERT
+    at a time first)."""
+    from sqlalchemy import event as sa_event
+
+    heartbeat(store, "node1")
+    acc = store.create(request([f"b{i}" for i in range(8)], host="node1"))
+    rid = acc.response["request_id"]
+    insts = acc.response["instances"]
+    store.mark_sent({o["id"]: datetime.now(UTC) for o in store.operations(rid)})
+    batch: list[tuple[str, InstanceEvent | VifEvent]] = []
+    for i in insts:
+        batch.append(("instance.create.start", _inst(i["uuid"], rid, state="building")))
+        for step in ("xml_rendered", "ports_plugged", "guest_defined", "guest_started"):
+            batch.append(("instance.create.progress", _inst(i["uuid"], rid, step=step)))
+        batch.append(("port.vif_plugged", _vif(i["ports"][0], rid)))
+        batch.append(("instance.create.end", _inst(i["uuid"], rid, state="running")))
+    selects: list[str] = []
+
+    def seen(_c: object, _cur: object, statement: str, *_rest: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    sa_event.listen(store.db.engine, "before_cursor_execute", seen)
+    try:
+        Records(store).apply_batch(batch)
+    finally:
+        sa_event.remove(store.db.engine, "before_cursor_execute", seen)
+    from_instances = [q for q in selects if "FROM instances" in q]
+    from_ports = [q for q in selects if "FROM ports" in q]
+    assert len(from_instances) == 1, from_instances  # the one locking them all
+    assert len(from_ports) <= 2, from_ports  # the ports' instances, then the rows
+    assert {i["state"] for i in store.list_instances()} == {"running"}
