@@ -36,7 +36,14 @@ def _start_watch(lab: Lab, *args: str) -> subprocess.Popen[str]:
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=15)
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)  # every thread's stack to stderr, then fail
+        time.sleep(0.5)
+        proc.kill()
+        out, err = proc.communicate(timeout=5)
+        pytest.fail(f"agentctl watch did not end on SIGINT; its stacks:\n{err[-4000:]}")
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     return out

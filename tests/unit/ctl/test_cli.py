@@ -533,6 +533,31 @@ def test_watch_json_prints_the_events_as_they_are(api: FakeController, agentctl:
     assert not api.seen("GET", f"/v1/instances/{inst['uuid']}")  # a uuid needs no lookup
 
 
+def test_watch_shows_its_stacks_on_sigusr2_and_goes_on(
+    api: FakeController, agentctl: RunCli, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A watch that seems stuck can be asked where it is (kill -USR2), as the daemons can."""
+    import os
+    import signal
+    import threading
+
+    inst = instance("web")
+    api.stream(build_events(inst)[:2], hold=5.0)
+    # the test's own fallback: a USR2 landing after the watch would not kill pytest
+    previous = signal.signal(signal.SIGUSR2, lambda *_: None)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR2))
+    try:
+        timer.start()
+        run = agentctl("--json", "watch", "--instance", inst["uuid"], "--duration", "1.0")
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
+    assert run.code == 0, run.err
+    assert len(run.out.splitlines()) == 2
+    err = capfd.readouterr().err
+    assert "most recent call first" in err and "cmd_watch" in err, err[-2000:]
+
+
 def test_watch_duration_must_be_positive(agentctl: RunCli) -> None:
     run = agentctl("watch", "--duration", "0")
     assert run.code == 2 and "--duration" in run.err
