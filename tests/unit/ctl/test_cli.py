@@ -554,8 +554,9 @@ def test_watch_shows_its_stacks_on_sigusr2_and_goes_on(
         signal.signal(signal.SIGUSR2, previous)
     assert run.code == 0, run.err
     assert len(run.out.splitlines()) == 2
-    err = capfd.readouterr().err
-    assert "most recent call first" in err and "cmd_watch" in err, err[-2000:]
+    # Only the dump's header is certain: faulthandler lists at most 100 threads, and a
+    # whole test session's process may hold more than that.
+    assert "most recent call first" in capfd.readouterr().err
 
 
 def test_watch_duration_must_be_positive(agentctl: RunCli) -> None:
