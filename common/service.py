@@ -11,10 +11,10 @@
 - SIGTERM/SIGINT during start(): start() runs on its own thread, so the main thread
   hears the signal at once. start() is never broken off (an exception thrown into a
   half-opened AMQP channel leaves a connection whose close never returns); it gets a
-  short bound to return, then stop() undoes it, exit 0. A
-  start() still blocked after the bound (oslo.messaging retries an unreachable broker
-  forever) is abandoned: the process exits 0 without cleaning up, which is what a
-  kill -9 does and what the agents are built to survive (their journal replays);
+  short bound to return, then stop() undoes it, exit 0. A start() still blocked after
+  the bound (oslo.messaging retries an unreachable broker forever) is abandoned: the
+  process exits 0 without cleaning up, which is what a kill -9 does and what the
+  agents are built to survive (their journal replays);
 - SIGHUP: RELOADING=1, `service.reload()` (re-reads the log level), READY=1; handled
   at once, not at the next watchdog tick;
 - SIGUSR2: the stack of every thread is written to stderr (the journal), and the daemon
@@ -29,7 +29,6 @@ Nothing here knows what an agent does.
 
 from __future__ import annotations
 
-import faulthandler
 import os
 import signal
 import socket
@@ -43,6 +42,7 @@ from typing import Any, Protocol
 import structlog
 
 from common.errors import AgentsError
+from common.stacks import stack_dumps_on_usr2
 
 log = structlog.get_logger()
 
@@ -149,9 +149,11 @@ def run(
     """
     signals = _Signals()
     signals.install()
-    dumps = _register_stack_dumps()
     try:
-        code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
+        with stack_dumps_on_usr2() as unavailable:
+            if unavailable:
+                log.warning("stack_dumps_unavailable", error=unavailable)
+            code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
         if code == _ABANDONED:
             if exit_when_abandoned:
                 sys.stdout.flush()
@@ -160,20 +162,7 @@ def run(
             return 0
         return code
     finally:
-        if dumps:
-            faulthandler.unregister(signal.SIGUSR2)
         signals.restore()
-
-
-def _register_stack_dumps() -> bool:
-    """SIGUSR2 writes every thread's stack to stderr; the C handler answers even when
-    every Python thread is stuck. A daemon without a usable stderr goes on without."""
-    try:
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
-    except (AttributeError, OSError, RuntimeError, ValueError) as err:
-        log.warning("stack_dumps_unavailable", error=str(err))
-        return False
-    return True
 
 
 # _run()'s code for a start() abandoned after SIGTERM (run() decides how to exit).
@@ -204,6 +193,8 @@ class _Starting:
 
 def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_tick: float) -> int:
     sd_notify(f"STATUS={name} starting")
+    # what start() gets to return after a stop, and stop() to undo an unfinished start
+    bound = min(grace, 5.0)
     starting = _Starting(service, signals.wake)
     while not starting.done.is_set() and not signals.stop.is_set():
         signals.wake.wait()
@@ -211,7 +202,6 @@ def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_t
     if not starting.done.is_set():
         # Asked to stop before it could serve: let start() return, then undo what it
         # opened.
-        bound = min(grace, 5.0)
         log.warning("start_interrupted", service=name, signal=signals.stop_signal)
         sd_notify(f"STOPPING=1\nSTATUS={name} stopped while starting")
         if not starting.done.wait(bound):
@@ -239,7 +229,7 @@ def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_t
             log.error("start_failed", service=name, error=str(err), exc_info=err)
         sd_notify(f"STATUS={name} failed to start: {err}")
         try:
-            service.stop(grace=min(grace, 5.0))
+            service.stop(grace=bound)
         except Exception:  # already failing; the first error is the one that matters
             log.exception("stop_after_failed_start_failed", service=name)
         return 1

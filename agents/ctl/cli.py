@@ -253,30 +253,14 @@ def cmd_watch(client: Client, args: argparse.Namespace, ui: Ui) -> int:
         timeout=args.duration,
         on_open=lambda: ui.note("watching events (Ctrl-C to stop)"),
     )
+    from common.stacks import stack_dumps_on_usr2
+
     # A watch runs until stopped: `kill -USR2` makes a stuck one show every thread's
     # stack on stderr (as the daemons do), and it goes on.
-    dumps = _stack_dumps_on_usr2()
-    try:
+    with stack_dumps_on_usr2():
         for ev in events:
             print(to_json(ev) if ui.json else event_line(ev), file=ui.out, flush=True)
-    finally:
-        if dumps:
-            import faulthandler
-            import signal
-
-            faulthandler.unregister(signal.SIGUSR2)
     return EXIT_OK
-
-
-def _stack_dumps_on_usr2() -> bool:
-    import faulthandler
-    import signal
-
-    try:
-        faulthandler.register(signal.SIGUSR2, all_threads=True)
-    except (AttributeError, OSError, RuntimeError, ValueError):
-        return False  # no usable stderr: the watch goes on without
-    return True
 
 
 def cmd_agents(client: Client, args: argparse.Namespace, ui: Ui) -> int:

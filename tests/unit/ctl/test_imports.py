@@ -24,8 +24,8 @@ BANNED = (
     "agents.compute",
     "agents.l2",
     "agents.controller",
-    # of common, only common.errors (stdlib only) may come along: common.rpc above all is
-    # banned, and common.config / common.messages pull pydantic
+    # of common, only common.errors and common.stacks (stdlib only) may come along:
+    # common.rpc above all is banned, and common.config / common.messages pull pydantic
     # too slow to import for a command that should take a few tens of milliseconds
     "pydantic",
     "structlog",
@@ -58,7 +58,7 @@ def _modules(argvs: list[list[str]], url: str) -> tuple[list[int], list[str]]:
     return result["codes"], result["modules"]
 
 
-ALLOWED_COMMON = {"common", "common.errors"}
+ALLOWED_COMMON = {"common", "common.errors", "common.stacks"}
 
 
 def _banned(modules: list[str]) -> list[str]:
