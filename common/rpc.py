@@ -1668,22 +1668,31 @@ class _QueueConsumer:
     def start(self, ready_timeout: float | None = None) -> None:
         """Consume; return once consuming. Without `ready_timeout` it waits for the broker
         as long as it takes (a daemon's start: READY comes after, and SIGTERM interrupts
-        the wait), saying why every 10 s; with one, BrokerUnreachable after it."""
+        the wait), saying why every 10 s; with one, BrokerUnreachable after it. stop()
+        from another thread ends the wait: start() returns without consuming."""
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         names = ", ".join(q.name for q in self.queues)
-        waited = 0.0
-        while not self._mixin.consuming.wait(10.0 if ready_timeout is None else ready_timeout):
-            waited += 10.0
-            if ready_timeout is not None:
+        began = time.monotonic()
+        say_at = 10.0
+        while not self._mixin.consuming.wait(0.5):
+            if self._mixin.should_stop:
+                return
+            waited = time.monotonic() - began
+            if ready_timeout is not None and waited >= ready_timeout:
                 raise BrokerUnreachable(
                     url=str(self._conn.as_uri()).split("@")[-1],
                     problem=f"could not consume {names} within {ready_timeout:.0f}s"
                     + (f" ({self._mixin.last_error})" if self._mixin.last_error else ""),
                 )
-            log.warning(
-                "waiting_for_broker", consumer=names, waited_s=waited, error=self._mixin.last_error
-            )
+            if ready_timeout is None and waited >= say_at:
+                say_at += 10.0
+                log.warning(
+                    "waiting_for_broker",
+                    consumer=names,
+                    waited_s=round(waited),
+                    error=self._mixin.last_error,
+                )
 
     def _run(self) -> None:
         # kombu's loop reconnects after connection errors; a channel error (a queue

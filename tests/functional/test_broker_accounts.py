@@ -290,6 +290,11 @@ def test_a_refused_listener_says_so_and_does_not_spin(deploy: Deploy) -> None:
         assert lines[0]["resource"] == f"queue 'vif_events.{deploy.node1}.info'"
         assert lines[0]["user"].endswith(f"compute-{deploy.node2}")
         assert lines[0]["retry_in_s"] == 30
+        # stop() ends the start that is still waiting for the grant: no thread is left
+        # behind retrying (and logging) for the rest of the process's life
+        listener.stop()
+        started.join(5)
+        assert not started.is_alive()
     finally:
         listener.stop()
         listener.wait()
