@@ -452,8 +452,18 @@ class AgentLifecycle:
 
     def stop(self, grace: float) -> None:
         parts = self._parts
+        took: dict[str, float] = {}
+        mark = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            took[f"{name}_s"] = round(now - mark, 3)
+            mark = now
+
         if self._resync is not None:
             self._resync.stop()
+        step("resync")
         if self._server is not None:
             # No new cast is taken; wait() returns once every cast already taken (and
             # acked by the broker on arrival) has passed the endpoint into the journal
@@ -461,10 +471,17 @@ class AgentLifecycle:
             # already forgotten them.
             self._server.stop()
             self._server.wait()
+        step("rpc_server")
         parts.drain(grace)
+        step("drain")
         parts.stop_listeners()
+        step("listeners")
         if self._heartbeat is not None:
             self._heartbeat.stop(self._heartbeat_stop)
         if self._metrics is not None:
             self._metrics.close()
+        step("heartbeat_metrics")
         parts.close()
+        step("close")
+        # Where a slow stop spent its time, step by step.
+        log.info(f"{self.kind}_agent_stopped", host=self.host, **took)

@@ -15,6 +15,9 @@
   the bound (oslo.messaging retries an unreachable broker forever) is abandoned: the
   process exits 0 without cleaning up, which is what a kill -9 does and what the
   agents are built to survive (their journal replays);
+- once stopped, the process ends at once (os._exit with the exit code, logs flushed):
+  the interpreter's own finalization would only garbage-collect every module, for
+  seconds on a loaded machine, inside the unit's stop timeout;
 - SIGHUP: RELOADING=1, `service.reload()` (re-reads the log level), READY=1; handled
   at once, not at the next watchdog tick;
 - SIGUSR2: the stack of every thread is written to stderr (the journal), and the daemon
@@ -23,12 +26,15 @@
 The notify protocol is a datagram to $NOTIFY_SOCKET (sd_notify(3)); no libsystemd needed.
 Signal handlers only set flags; all work happens on the main thread's loop (start() on
 a thread of its own, which the main thread waits for). The handlers that were installed
-before are put back when run() returns, so run() can be called in a test process.
+before are put back when run() ends; with `exit_process=False` it returns the exit code
+instead of ending the process, so it can be called in a test process.
 Nothing here knows what an agent does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
@@ -37,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import structlog
 
@@ -139,13 +145,18 @@ def run(
     name: str,
     grace: float = 30.0,
     idle_tick: float = 5.0,
-    exit_when_abandoned: bool = True,
+    exit_process: bool = True,
 ) -> int:
-    """Run `service` until SIGTERM/SIGINT; the process exit code is returned.
+    """Run `service` until SIGTERM/SIGINT, then end the process with its exit code.
 
-    A start() abandoned after SIGTERM ends the process at once (os._exit(0)): its thread
-    may hold connections and non-daemon threads whose clean-up would never return.
-    `exit_when_abandoned=False` returns 0 instead (for a test's own process).
+    Once the service has stopped (or failed to start) nothing is left to clean up, so
+    the process ends at once (`end_process`) instead of through the interpreter's
+    finalization: that is a full garbage collection of every loaded module, 0.4 s on
+    an idle machine and over 4 s on a loaded one (measured on a compute-agent), all of
+    it counted against the unit's stop timeout. A start() abandoned after SIGTERM must
+    end that way in any case: its thread may hold connections and non-daemon threads
+    whose clean-up would never return. `exit_process=False` returns the code instead
+    (a test's own process).
     """
     signals = _Signals()
     signals.install()
@@ -154,15 +165,21 @@ def run(
             if unavailable:
                 log.warning("stack_dumps_unavailable", error=unavailable)
             code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
-        if code == _ABANDONED:
-            if exit_when_abandoned:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(0)
-            return 0
-        return code
     finally:
         signals.restore()
+    code = 0 if code == _ABANDONED else code
+    if exit_process:
+        end_process(code)
+    return code
+
+
+def end_process(code: int) -> NoReturn:
+    """Flush the logs and the standard streams, then exit without finalization."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # _run()'s code for a start() abandoned after SIGTERM (run() decides how to exit).

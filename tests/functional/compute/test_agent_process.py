@@ -144,7 +144,9 @@ def test_sigterm_with_a_build_in_flight_hands_it_back_and_exits_0(
     # group would also kill a qemu-img the build may be running and fail it for that.
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(timeout=20) == 0, agent.output()
-    assert time.monotonic() - start < 10
+    took = time.monotonic() - start
+    # compute_agent_stopped says where a slow stop spent its time, step by step
+    assert took < 10, f"stopped after {took:.1f} s\n{agent.output()[-4000:]}"
     back = controller.wait_event(
         spec.uuid, {"instance.create.end", "instance.create.error", "instance.create.handed_back"}
     )

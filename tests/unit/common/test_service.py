@@ -87,7 +87,7 @@ def test_ready_only_after_start_then_watchdog_then_stopping(
     agent = Agent(notify, start_takes=0.2)
     signal_when(notify, lambda: notify.count("WATCHDOG=1") >= 3, signal.SIGTERM)
 
-    rc = run(agent, name="toy", grace=7.0)
+    rc = run(agent, name="toy", grace=7.0, exit_process=False)
 
     assert rc == 0
     assert agent.states_seen_during_start == ["STATUS=toy starting"]
@@ -112,7 +112,7 @@ def test_unhealthy_service_gets_no_watchdog_ping(
 
     signal_when(notify, ready_for_a_while, signal.SIGTERM)
 
-    assert run(agent, name="toy") == 0
+    assert run(agent, name="toy", exit_process=False) == 0
     notify.wait_for(lambda: "STOPPING=1" in notify.states())
     assert notify.count("WATCHDOG=1") == 0
 
@@ -131,7 +131,7 @@ def test_no_watchdog_ping_for_another_pid(
         lambda: "READY=1" in notify.states() and time.monotonic() - start > 0.3,
         signal.SIGTERM,
     )
-    assert run(agent, name="toy", idle_tick=0.05) == 0
+    assert run(agent, name="toy", idle_tick=0.05, exit_process=False) == 0
     assert notify.count("WATCHDOG=1") == 0
 
 
@@ -151,7 +151,7 @@ def test_sighup_reloads_at_once_not_at_the_next_tick(notify: NotifyListener) -> 
 
     threading.Thread(target=reload_then_stop, daemon=True).start()
 
-    assert run(agent, name="toy", idle_tick=60.0) == 0
+    assert run(agent, name="toy", idle_tick=60.0, exit_process=False) == 0
     assert ("reload", None) in agent.calls
     assert sent[1] - sent[0] < 1.0, "reload waited for the idle tick"
     states = notify.states()
@@ -174,7 +174,7 @@ def test_failed_reload_keeps_the_service_running(notify: NotifyListener) -> None
 
     threading.Thread(target=reload_then_stop, daemon=True).start()
 
-    assert run(agent, name="toy", idle_tick=60.0) == 0
+    assert run(agent, name="toy", idle_tick=60.0, exit_process=False) == 0
     assert [c for c, _ in agent.calls] == ["start", "reload", "stop"]
 
 
@@ -182,7 +182,7 @@ def test_failed_start_exits_1_without_ready(notify: NotifyListener) -> None:
     agent = Agent(notify)
     agent.fail_start = True
 
-    assert run(agent, name="toy", grace=30.0) == 1
+    assert run(agent, name="toy", grace=30.0, exit_process=False) == 1
     notify.wait_for(lambda: any(s.startswith("STATUS=toy failed") for s in notify.states()))
     assert "READY=1" not in notify.states()
     assert any(
@@ -197,7 +197,7 @@ def test_failed_stop_exits_1(notify: NotifyListener) -> None:
     agent.fail_stop = True
     signal_when(notify, lambda: "READY=1" in notify.states(), signal.SIGINT)
 
-    assert run(agent, name="toy") == 1
+    assert run(agent, name="toy", exit_process=False) == 1
     notify.wait_for(lambda: "STOPPING=1" in notify.states())
 
 
@@ -205,7 +205,7 @@ def test_signal_handlers_are_restored(notify: NotifyListener) -> None:
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     agent = Agent(notify)
     signal_when(notify, lambda: "READY=1" in notify.states(), signal.SIGTERM)
-    run(agent, name="toy")
+    run(agent, name="toy", exit_process=False)
     assert {s: signal.getsignal(s) for s in before} == before
 
 
@@ -260,7 +260,7 @@ def test_sigterm_during_start_lets_the_step_finish_then_stops(notify: NotifyList
     signal_when(notify, lambda: "STATUS=toy starting" in notify.states(), signal.SIGTERM)
     began = time.monotonic()
 
-    assert run(agent, name="toy", grace=20.0, exit_when_abandoned=False) == 0
+    assert run(agent, name="toy", grace=20.0, exit_process=False) == 0
     assert 0.9 < time.monotonic() - began < 5
     assert agent.calls == [("start", None), ("start finished", None), ("stop", 5.0)]
     assert "STOPPING=1" in notify.states()
@@ -282,7 +282,7 @@ def test_sigterm_abandons_a_start_that_blocks(notify: NotifyListener) -> None:
     signal_when(notify, lambda: "STATUS=toy starting" in notify.states(), signal.SIGTERM)
     began = time.monotonic()
     try:
-        assert run(agent, name="toy", grace=1.0, exit_when_abandoned=False) == 0
+        assert run(agent, name="toy", grace=1.0, exit_process=False) == 0
         assert 0.9 < time.monotonic() - began < 5
     finally:
         release.set()
@@ -303,7 +303,7 @@ def test_sigusr2_dumps_every_threads_stack_and_the_service_goes_on(
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=dump_then_stop, daemon=True).start()
-    assert run(agent, name="toy") == 0
+    assert run(agent, name="toy", exit_process=False) == 0
     err = capfd.readouterr().err
     assert "most recent call first" in err and "dump_then_stop" in err, err[-2000:]
     assert agent.calls == [("start", None), ("stop", 30.0)]
