@@ -7,6 +7,7 @@ and the quickstart.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,13 @@ from agents.lab.broker import BrokerScope
 from agents.lab.procs import broker_available, unique
 
 __all__ = ["BrokerScope", "broker_scope", "root"]
+
+# Run as a background job of a non-interactive shell (`.ci/run &`), the suite inherits
+# SIGINT ignored, and so would every process it starts: an ignored signal stays ignored
+# across exec, and Python then installs no KeyboardInterrupt handler. The tests that
+# press Ctrl-C on an agentctl (SIGINT) need what a terminal gives it: the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
