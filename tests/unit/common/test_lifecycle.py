@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 import pytest
+from structlog.testing import capture_logs
 
 from common.agent import AgentLifecycle, ping_reply
 from common.messages import DesiredState
@@ -124,6 +126,33 @@ def test_start_and_stop_run_the_steps_in_the_one_order() -> None:
         "metrics close",
         "close",
     ]
+
+
+def test_the_last_line_of_a_stop_says_how_long_each_step_took() -> None:
+    parts = Recorder()
+    slow_drain = parts.drain
+
+    def drain(grace: float) -> None:
+        time.sleep(0.2)
+        slow_drain(grace)
+
+    parts.drain = drain  # type: ignore[method-assign]
+    agent = lifecycle(parts)
+    agent.start()
+    with capture_logs() as logs:
+        agent.stop(1.0)
+    stopped = [line for line in logs if line["event"] == "l2_agent_stopped"]
+    assert len(stopped) == 1 and stopped[0] is logs[-1], logs
+    steps = {k: v for k, v in stopped[0].items() if k.endswith("_s")}
+    assert set(steps) == {
+        "resync_s",
+        "rpc_server_s",
+        "drain_s",
+        "listeners_s",
+        "heartbeat_metrics_s",
+        "close_s",
+    }
+    assert steps["drain_s"] >= 0.2, steps
 
 
 def test_no_metrics_listen_serves_no_metrics() -> None:
