@@ -7,6 +7,7 @@ answers that are not the contract's JSON, --json, completion and help.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -55,11 +56,19 @@ COMMANDS = [
 ]
 
 
+def dead_urls(n: int) -> list[str]:
+    """`n` different URLs on which nothing listens: connecting is refused at once. The
+    ports are bound together, so none is handed out twice (one after the other, the
+    kernel may give the same free port again)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+
+
 def dead_url() -> str:
-    """A URL on which nothing listens: connecting is refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return dead_urls(1)[0]
 
 
 def error_body(code: str, message: str, **kw: object) -> dict[str, object]:
@@ -719,7 +728,7 @@ def test_an_http_error_answer_is_not_sent_to_the_next_controller(api: FakeContro
 
 
 def test_none_of_several_urls_answers_exits_3_naming_each() -> None:
-    first, second = dead_url(), dead_url()
+    first, second = dead_urls(2)
     out, err = io.StringIO(), io.StringIO()
     environ = {"AGENTS_URL": f"{first},{second}", "AGENTS_CONFIG": "/dev/null"}
     code = cli.main(["list"], out=out, err=err, environ=environ)
