@@ -167,7 +167,6 @@ def run(
             code = _run(service, signals, name=name, grace=grace, idle_tick=idle_tick)
     finally:
         signals.restore()
-    code = 0 if code == _ABANDONED else code
     if exit_process:
         end_process(code)
     return code
@@ -180,10 +179,6 @@ def end_process(code: int) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(code)
-
-
-# _run()'s code for a start() abandoned after SIGTERM (run() decides how to exit).
-_ABANDONED = -1
 
 
 class _Starting:
@@ -228,7 +223,7 @@ def _run(service: Service, signals: _Signals, *, name: str, grace: float, idle_t
                 waited_s=bound,
                 detail="start() did not return; exiting without clean-up, as after kill -9",
             )
-            return _ABANDONED
+            return 0  # run() ends the process without finalization, so nothing waits
         try:
             service.stop(grace=bound)
         except Exception:
