@@ -79,12 +79,20 @@ def broker_available() -> bool:
     return False
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` different TCP ports of 127.0.0.1 that nothing listens on right now. They are
+    bound together: one after the other, the kernel may hand the same free port out
+    again (about 1 in 20,000 here)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET)) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def is_group_leader(proc: subprocess.Popen[bytes]) -> bool:

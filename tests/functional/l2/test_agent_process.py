@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agents.l2.store import PortStore
-from agents.lab.procs import console_script, run, wait_for
+from agents.lab.procs import console_script, free_port, run, wait_for
 from common.messages import (
     PingReply,
     Port,
@@ -265,12 +264,6 @@ def test_kill_9_leaves_a_readable_record_and_restart_reconciles(
     finally:
         code = stop(again)
     assert code == 0, (tmp_path / "agent2.log").read_text()[-3000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_metrics_heartbeat_version_and_graceful_stop(

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -31,7 +30,7 @@ import kombu
 import pytest
 
 from agents.lab.netns import NamespaceHost
-from agents.lab.procs import REPO, console_script, run, wait_for
+from agents.lab.procs import REPO, console_script, free_ports, run, wait_for
 from common.config import MessagingSettings
 from common.messages import (
     BuildInstance,
@@ -50,12 +49,6 @@ pytestmark = pytest.mark.functional
 NET1 = uuid.UUID("5d3c0f6e-8a3b-4c1e-9f2a-0b7e6d5c4a31")  # vxlan net1 of etc/shared.conf
 CAP_NET_ADMIN = 12
 WATCHDOG_USEC = "1000000"  # a ping every 0.5 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -218,12 +211,12 @@ def test_compute_agent_ready_only_once_serving_watchdog_reload_stop(
     deployment: Deployment,
 ) -> None:
     """READY=1 waits for the broker; then ping answers at once; HUP; TERM -> exit 0."""
-    relay_port = free_port()
+    relay_port, metrics_port = free_ports(2)
     conf = compute_conf(
         deployment,
         transport_url=f"rabbit://guest:guest@127.0.0.1:{relay_port}/",
         log_level="WARNING",
-        metrics=free_port(),
+        metrics=metrics_port,
     )
     messaging = Messaging(deployment.settings)
     daemon = start_daemon(agent_cmd("compute-agent", deployment, conf), deployment.tmp, "compute")
@@ -285,11 +278,12 @@ def test_compute_agent_stops_cleanly_while_waiting_for_the_broker(
     deployment: Deployment,
 ) -> None:
     """`systemctl stop` (or TimeoutStartSec=) during a start that waits for the broker."""
+    dead_port, metrics_port = free_ports(2)
     conf = compute_conf(
         deployment,
-        transport_url=f"rabbit://guest:guest@127.0.0.1:{free_port()}/",  # nobody listens
+        transport_url=f"rabbit://guest:guest@127.0.0.1:{dead_port}/",  # nobody listens
         log_level="INFO",
-        metrics=free_port(),
+        metrics=metrics_port,
     )
     daemon = start_daemon(agent_cmd("compute-agent", deployment, conf), deployment.tmp, "compute")
     try:
@@ -391,7 +385,7 @@ def scrape(url: str, netns: str | None = None) -> dict[str, float]:
 def test_metrics_after_a_build_through_both_daemons(deployment: Deployment) -> None:
     """l2-agent in a namespace, compute-agent beside it (test driver), one build."""
     messaging = Messaging(deployment.settings)
-    l2_port, compute_port = free_port(), free_port()
+    l2_port, compute_port = free_ports(2)
     daemons: list[Daemon] = []
     with NamespaceHost() as host:
         try:

@@ -7,11 +7,9 @@ answers that are not the contract's JSON, --json, completion and help.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from agents.ctl.errors import (
     InvalidInput,
 )
 from agents.ctl.parser import build_parser
+from agents.lab.procs import free_ports
 from tests.unit.ctl.conftest import RunCli
 from tests.unit.ctl.fakeapi import (
     FakeController,
@@ -57,14 +56,8 @@ COMMANDS = [
 
 
 def dead_urls(n: int) -> list[str]:
-    """`n` different URLs on which nothing listens: connecting is refused at once. The
-    ports are bound together, so none is handed out twice (one after the other, the
-    kernel may give the same free port again)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [f"http://127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    """`n` different URLs on which nothing listens: connecting is refused at once."""
+    return [f"http://127.0.0.1:{port}" for port in free_ports(n)]
 
 
 def dead_url() -> str:
