@@ -799,15 +799,36 @@ def test_stop_ends_each_within_its_timeout(machine: Machine) -> None:
     with timed("pid1: systemctl stop, each"):
         for unit in (*AGENTS, CONTROLLER):
             limit = machine.show(unit, "TimeoutStopUSec")["TimeoutStopUSec"]
+            cursor = machine.cursor()
             began = time.monotonic()
             machine.run("systemctl", "stop", unit, timeout=120)
             took = time.monotonic() - began
             s = machine.show(unit, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
             nspawn.note(f"[pid1] systemctl stop {unit}: {took:.1f} s (TimeoutStopSec={limit}) {s}")
+            nspawn.note(f"[pid1]   where the stop went: {_stop_steps(machine, unit, cursor)}")
             assert s["ActiveState"] == "inactive", s
             # exited by itself (CLD_EXITED = 1) with status 0: not SIGKILLed at the timeout
             assert (s["Result"], s["ExecMainCode"], s["ExecMainStatus"]) == ("success", "1", "0"), s
             assert took < _seconds(limit), (unit, took, limit)
+
+
+def _stop_steps(machine: Machine, unit: str, cursor: str) -> str:
+    """The daemon's own account of its stop: the seconds each step took (an agent's
+    `*_agent_stopped` line), and when it logged `service_stopped`."""
+    found = []
+    for entry in machine.journal(unit, since=cursor):
+        try:
+            line = json.loads(str(entry.get("MESSAGE", "")))
+        except ValueError:
+            continue
+        if not isinstance(line, dict):
+            continue
+        event = str(line.get("event", ""))
+        if event.endswith("_agent_stopped"):
+            found.append(" ".join(f"{k}={v}" for k, v in line.items() if k.endswith("_s")))
+        elif event in ("service_stopping", "service_stopped"):
+            found.append(f"{event} at {line.get('timestamp')}")
+    return "; ".join(found) or "(no stop lines in the journal)"
 
 
 def _seconds(span: str) -> float:
