@@ -441,24 +441,10 @@ def disk(n: int) -> Cost:
     try:
         base = root / "base.qcow2"
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+        overlay = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base)]
         with metered("disk", n) as cost:
             for i in range(n):
-                subprocess.run(
-                    [
-                        "qemu-img",
-                        "create",
-                        "-q",
-                        "-f",
-                        "qcow2",
-                        "-F",
-                        "qcow2",
-                        "-b",
-                        str(base),
-                        str(root / f"{i}.qcow2"),
-                        "1G",
-                    ],
-                    check=True,
-                )
+                subprocess.run([*overlay, str(root / f"{i}.qcow2"), "1G"], check=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return cost
