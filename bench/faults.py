@@ -210,9 +210,7 @@ class Http:
         the connection, as agentctl does: an HTTP answer is never sent elsewhere."""
         urls = self.url.split(",")
         for i, base in enumerate(urls):
-            req = urllib.request.Request(
-                f"{base}{path}", data=data, method=method, headers=headers
-            )
+            req = urllib.request.Request(f"{base}{path}", data=data, method=method, headers=headers)
             try:
                 return urllib.request.urlopen(req, timeout=timeout)
             except urllib.error.HTTPError:

@@ -92,7 +92,7 @@ def _size(rng: random.Random) -> int:
 
 
 def _text(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice("abcdefghij{}[]\":,.0123 \\\u00e9\u2603") for _ in range(n))
+    return "".join(rng.choice('abcdefghij{}[]":,.0123 \\\u00e9\u2603') for _ in range(n))
 
 
 def _shape(rng: random.Random, depth: int = 0) -> Any:
@@ -155,9 +155,7 @@ def rpc_json_shape(rng: random.Random, host: str, methods: list[str]) -> Body:
 
 
 def rpc_envelope_broken(rng: random.Random, host: str, methods: list[str]) -> Body:
-    inner = rng.choice(
-        ["{not json", 42, None, [1, 2], _text(rng, _size(rng)), {"method": "ping"}]
-    )
+    inner = rng.choice(["{not json", 42, None, [1, 2], _text(rng, _size(rng)), {"method": "ping"}])
     doc: dict[str, Any] = {"oslo.version": "2.0"}
     if rng.random() < 0.8:
         doc["oslo.message"] = inner

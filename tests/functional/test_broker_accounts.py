@@ -164,7 +164,8 @@ def test_each_daemon_works_with_its_own_account(deploy: Deploy) -> None:
         )
         assert sink.got.wait(5), "node1's compute-agent did not get node1's vif event"
         events = l2.notifier(
-            "l2-agent", agent_events_topic(deploy.settings("l2", deploy.node1), deploy.node1),
+            "l2-agent",
+            agent_events_topic(deploy.settings("l2", deploy.node1), deploy.node1),
             declare=False,
         )
         beat = AgentHeartbeat(

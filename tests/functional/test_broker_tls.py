@@ -155,12 +155,15 @@ def test_a_daemon_with_the_wrong_ca_exits_naming_it(
 
 def test_a_certificate_for_another_host_is_refused(pki: Path) -> None:
     ca = pki / "ca"
-    with BrokerCluster(
-        unique("etlh-"),
-        nodes=1,
-        base_port=free_base_port(1),
-        tls=(ca / "ca.pem", ca / "elsewhere.pem", ca / "elsewhere.key"),
-    ) as cluster, pytest.raises(BrokerTlsRefused, match="127.0.0.1"):
+    with (
+        BrokerCluster(
+            unique("etlh-"),
+            nodes=1,
+            base_port=free_base_port(1),
+            tls=(ca / "ca.pem", ca / "elsewhere.pem", ca / "elsewhere.key"),
+        ) as cluster,
+        pytest.raises(BrokerTlsRefused, match="127.0.0.1"),
+    ):
         Messaging(settings(cluster, ca / "ca.pem")).verify_tls()
 
 

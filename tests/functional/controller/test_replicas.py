@@ -237,9 +237,7 @@ def test_a_waiter_on_one_replica_sees_what_another_consumed(root: None) -> None:
                 for phase, state in (("start", "building"), ("end", "running")):
                     other.apply(
                         f"instance.create.{phase}",
-                        InstanceEvent(
-                            request_id=rid, host=host, instance_uuid=uuid, state=state
-                        ),
+                        InstanceEvent(request_id=rid, host=host, instance_uuid=uuid, state=state),
                     )
                 applied = time.monotonic()
                 out, err = waiter.communicate(timeout=30)

@@ -52,7 +52,9 @@ def test_plain_values_pass_through() -> None:
 def test_kombu_url_keeps_every_broker_of_an_oslo_url() -> None:
     from common.rpc import _kombu_url
 
-    assert _kombu_url("rabbit://guest:guest@127.0.0.1:5672/") == "amqp://guest:guest@127.0.0.1:5672/"
+    assert (
+        _kombu_url("rabbit://guest:guest@127.0.0.1:5672/") == "amqp://guest:guest@127.0.0.1:5672/"
+    )
     assert _kombu_url("rabbit://a:b@h1:5672,c:d@h2:5673/vh") == (
         "amqp://a:b@h1:5672/vh;amqp://c:d@h2:5673/vh"
     )
