@@ -8,15 +8,18 @@ import uuid
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from common.config import MessagingSettings
 from common.messages import VifEvent, envelope
 from common.rpc import (
     CONTROLLER_TOPIC,
+    IDLE_POLL_MAX_S,
     NOTIFY_QUEUE_MAX_LENGTH,
     InvalidPayload,
     Messaging,
     NotificationListener,
+    _bound_idle_poll,
     bounded_queue_args,
     notification_queue,
 )
@@ -157,3 +160,27 @@ def test_host_none_is_the_deployment_wide_target() -> None:
         )
     finally:
         m.close()
+
+
+def test_a_messaging_bounds_oslos_idle_poll_so_stops_wait_about_a_second() -> None:
+    from oslo_messaging._drivers import amqpdriver
+
+    m = Messaging(CLASSIC)
+    try:
+        # oslo's own value is 5 s: an idle RPC server or reply waiter took up to that
+        # long to notice a stop
+        assert amqpdriver.ACK_REQUEUE_EVERY_SECONDS_MAX == IDLE_POLL_MAX_S == 1.0
+    finally:
+        m.close()
+
+
+def test_an_oslo_without_the_idle_poll_constant_is_used_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from oslo_messaging._drivers import amqpdriver
+
+    monkeypatch.delattr(amqpdriver, "ACK_REQUEUE_EVERY_SECONDS_MAX")
+    with capture_logs() as logs:
+        _bound_idle_poll()
+    assert not hasattr(amqpdriver, "ACK_REQUEUE_EVERY_SECONDS_MAX")
+    assert [entry["event"] for entry in logs] == ["oslo_idle_poll_not_bounded"]
