@@ -11,6 +11,7 @@ import re
 import subprocess
 
 import pytest
+import sqlalchemy as sa
 
 from tests.functional.conftest import run_bench
 
@@ -25,6 +26,7 @@ TOTAL = re.compile(
     r" max_builds_per_s_without_disk=(?P<max_no_disk>\d+) target=300"
     r" needs_ms_per_build<=(?P<budget>[\d.]+)$"
 )
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 PARTS = ["casts", "events", "journal", "database", "netlink", "hypervisor", "disk"]
 
 
@@ -37,12 +39,13 @@ def _leftovers() -> list[str]:
             ["rabbitmqctl", "-q", f"list_{what}", "name"], capture_output=True, text=True
         ).stdout
         found += [f"{what}: {n}" for n in out.split() if n.startswith("floor-")]
-    dbs = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
-        capture_output=True,
-        text=True,
-    ).stdout
-    found += [f"database: {n}" for n in dbs.split() if n.startswith("floor_")]
+    engine = sa.create_engine(PG_ADMIN)
+    try:
+        with engine.connect() as conn:
+            dbs = conn.execute(sa.text("SELECT datname FROM pg_database")).scalars().all()
+    finally:
+        engine.dispose()
+    found += [f"database: {n}" for n in dbs if n.startswith("floor_")]
     return found
 
 
