@@ -150,7 +150,7 @@ def casts(n: int) -> Cost:
     from oslo_messaging._metrics import client as metrics_opts
     from oslo_messaging._tracing import client as tracing_opts
 
-    exchange = unique("floor")
+    exchange = unique("floor-")
     conf = cfg.ConfigOpts()
     for group, options in opts.list_opts():
         conf.register_opts(options, group=group)
@@ -171,7 +171,7 @@ def casts(n: int) -> Cost:
         build_instance = port_created
 
     servers = []
-    topics = [unique("floor-l2-agent"), unique("floor-compute")]
+    topics = [unique("floor-l2-agent-"), unique("floor-compute-")]
     try:
         for topic in topics:
             target = oslo_messaging.Target(topic=topic, server="floorhost")
@@ -216,8 +216,8 @@ def events(n: int) -> Cost:
     """Two notifications a build: one seen by two queues, one by one; batched confirms."""
     import kombu
 
-    exchange = kombu.Exchange(unique("floor-events"), type="topic", durable=True)
-    names = [unique("floor-compute"), unique("floor-controller")]
+    exchange = kombu.Exchange(unique("floor-events-"), type="topic", durable=True)
+    names = [unique("floor-compute-"), unique("floor-controller-")]
     queues = [
         kombu.Queue(names[0], exchange, routing_key="vif.#", durable=True),
         kombu.Queue(names[1], exchange, routing_key="#", durable=True),
@@ -301,7 +301,7 @@ def database(n: int) -> Cost:
     """Three rows inserted (10 builds a transaction), two updated (64 a transaction)."""
     import sqlalchemy as sa
 
-    name = unique("floor").replace("-", "_")
+    name = unique("floor-").replace("-", "_")
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -387,7 +387,7 @@ def netlink(n: int) -> Cost:
     """A tap made, put in a bridge and set up, in a namespace of its own."""
     from pyroute2 import IPRoute, netns
 
-    name = unique("floor")
+    name = unique("floor-")
     netns.create(name)
     result: dict[str, Cost] = {}
 
