@@ -49,10 +49,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import uuid
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,35 +58,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agents.lab.procs import unique  # noqa: E402
+from agents.lab.database import ScratchPostgres  # noqa: E402
+from agents.lab.procs import cpu_of, unique, wait_for  # noqa: E402
+from common.config import MessagingSettings  # noqa: E402
+from common.rpc import Messaging, delete_queues  # noqa: E402
 
-OSLO_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 KOMBU_URL = "amqp://guest:guest@127.0.0.1:5672//"
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TARGET_BUILDS_PER_S = 300
 
 
 # --------------------------------------------------------------------------- CPU
-
-
-def _ticks_ms(ticks: int) -> float:
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_of(command: str) -> float:
-    """CPU so far of every process named `command`, in ms (/proc/PID/stat)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != command:
-                continue
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        total += _ticks_ms(int(fields[11]) + int(fields[12]))
-    return total
 
 
 def own_cpu_ms() -> float:
@@ -130,36 +110,18 @@ def metered(name: str, builds: int) -> Iterator[Cost]:
             cost.where[key] = (a - b) / builds
 
 
-def wait_until(done: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 # --------------------------------------------------------------------------- parts
 
 
 def casts(n: int) -> Cost:
     """Two oslo.messaging casts a build, each dispatched to a do-nothing endpoint."""
-    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-    import oslo_messaging
-    from oslo_config import cfg
-    from oslo_messaging import opts
-    from oslo_messaging._metrics import client as metrics_opts
-    from oslo_messaging._tracing import client as tracing_opts
+    import oslo_messaging  # common.rpc imported it, its warnings filtered
 
     exchange = unique("floor-")
-    conf = cfg.ConfigOpts()
-    for group, options in opts.list_opts():
-        conf.register_opts(options, group=group)
-    # list_opts() leaves these two groups out, yet every cast reads them
-    conf.register_opts(tracing_opts.oslo_messaging_tracing, group="oslo_messaging_tracing")
-    conf.register_opts(metrics_opts.oslo_messaging_metrics, group="oslo_messaging_metrics")
-    conf([], project="floor", default_config_files=[])
-    conf.set_override("control_exchange", exchange)
-    transport = oslo_messaging.get_rpc_transport(conf, url=OSLO_URL)
+    # oslo configured as the daemons configure it; what is timed below is oslo's alone
+    settings = MessagingSettings(control_exchange=exchange)
+    messaging = Messaging(settings)
+    transport = messaging.rpc_transport
     got = {"n": 0}
     lock = threading.Lock()
 
@@ -183,33 +145,20 @@ def casts(n: int) -> Cost:
         compute = client.prepare(topic=topics[1], server="floorhost")
         port = {"id": str(uuid.uuid4()), "mac": "fa:16:3e:00:00:01", "network": "net1"}
         l2.cast({}, "port_created", port=port)  # connections and queues up before timing
-        wait_until(lambda: got["n"] == 1, 30, "the first cast")
+        wait_for(lambda: got["n"] == 1, 30, 0.005, "the first cast")
         with metered("casts", n) as cost:
             for _ in range(n):
                 l2.cast({}, "port_created", port=port)
                 compute.cast({}, "build_instance", instance={"uuid": str(uuid.uuid4())})
-            wait_until(lambda: got["n"] == 2 * n + 1, 300, "every cast")
+            wait_for(lambda: got["n"] == 2 * n + 1, 300, 0.005, "every cast")
     finally:
         for server in servers:
             server.stop()
             server.wait()
-        _delete_queues(
-            [f"{t}{s}" for t in topics for s in ("", ".floorhost")],
-            exchanges=[exchange],
-        )
-        transport.cleanup()
+        queues = [f"{t}{s}" for t in topics for s in ("", ".floorhost")]
+        delete_queues(settings.transport_url, queues, exchange)
+        messaging.close()
     return cost
-
-
-def _delete_queues(queues: Sequence[str], exchanges: Sequence[str] = ()) -> None:
-    import kombu
-
-    with kombu.Connection(KOMBU_URL) as conn:
-        channel = conn.channel()
-        for name in queues:
-            channel.queue_delete(name)
-        for name in exchanges:
-            channel.exchange_delete(name)
 
 
 def events(n: int) -> Cost:
@@ -267,12 +216,12 @@ def events(n: int) -> Cost:
                     sent += k
                     while confirmed["tag"] < 2 * sent:  # one round trip for the batch
                         conn.drain_events(timeout=10)
-                wait_until(lambda: got["n"] >= expected, 300, "every event")
+                wait_for(lambda: got["n"] >= expected, 300, 0.005, "every event")
     finally:
         stop.set()
         if thread.is_alive():
             thread.join(5)
-        _delete_queues(names, exchanges=[exchange.name])
+        delete_queues(MessagingSettings().transport_url, names, exchange.name)
     return cost
 
 
@@ -301,11 +250,8 @@ def database(n: int) -> Cost:
     """Three rows inserted (10 builds a transaction), two updated (64 a transaction)."""
     import sqlalchemy as sa
 
-    name = unique("floor-").replace("-", "_")
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine = sa.create_engine(PG_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    scratch = ScratchPostgres.create(PG_ADMIN, prefix="floor_")
+    engine = sa.create_engine(scratch.url)
     try:
         meta = sa.MetaData()
         instances = sa.Table(
@@ -377,9 +323,7 @@ def database(n: int) -> Cost:
                     )
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        scratch.drop()
     return cost
 
 

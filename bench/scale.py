@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agents.lab.broker import BrokerCluster, BrokerScope, free_base_port
 from agents.lab.lab import Lab
-from agents.lab.procs import broker_available, console_script, unique
+from agents.lab.procs import broker_available, console_script, cpu_ms, cpu_of, unique
 from common.config import MessagingSettings
 from common.rpc import queue_state
 
@@ -138,33 +138,12 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def cpu_ms(pid: int) -> float:
-    """User + system CPU time of the process so far (/proc/PID/stat), in ms."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
-
-
 def machine_cpu_ms() -> float:
     """CPU time every process of the machine spent so far (/proc/stat, not idle or
     iowait), in ms: the broker, PostgreSQL and qemu-img included."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     busy = sum(fields[:8]) - fields[3] - fields[4]  # user..steal, less idle and iowait
     return busy * 1000 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_of(command: str) -> float:
-    """CPU so far of every process whose command is `command` (beam.smp: the broker
-    nodes; postgres: the server and its backends), in ms."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() == command:
-                total += cpu_ms(int(entry.name))
-        except (OSError, ValueError, IndexError):  # gone meanwhile
-            continue
-    return total
 
 
 def parse_time(value: str) -> float:

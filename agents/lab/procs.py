@@ -135,11 +135,37 @@ def tail(path: Path, chars: int = 6000) -> str:
         return ""
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command (which may hold spaces and ')'),
+    numbered from field 3 (state) on; OSError when the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with
     the pid it names one process for good, unlike the pid alone, and survives exec."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(_stat_fields(pid)[19])
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def cpu_ms(pid: int) -> float:
+    """User + system CPU time of the process so far (/proc/PID/stat), in ms."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(command: str) -> float:
+    """CPU so far of every process whose command is `command` (beam.smp: the broker
+    nodes; postgres: the server and its backends), in ms."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == command:
+                total += cpu_ms(int(entry.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return total
